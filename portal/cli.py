@@ -1,0 +1,87 @@
+"""The ``ranqi`` console script: a Flask CLI group over :func:`portal.create_app`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup, with_appcontext
+
+from models import ledger, migrate
+from portal import db
+
+
+def _create_app() -> Flask:
+    from portal import create_app
+
+    return create_app()
+
+
+@click.group(
+    cls=FlaskGroup, create_app=_create_app, add_default_commands=True, add_version_option=False
+)
+def main() -> None:
+    """Ranqi (燃气) operator commands."""
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(db_group)
+    app.cli.add_command(demo_command)
+    app.cli.add_command(ledger_group)
+
+
+@click.group("db")
+def db_group() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema to REVISION."""
+    engine = db.database().engine
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        from pathlib import Path
+
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(engine, revision)
+    click.echo(f"database at {migrate.current(engine)}")
+
+
+@db_group.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Print the schema revision."""
+    click.echo(migrate.current(db.database().engine) or "empty")
+
+
+@click.command("demo")
+@with_appcontext
+def demo_command() -> None:
+    """Fill the database with the demo utility (idempotent)."""
+    from models import demo
+
+    session = db.session()
+    summary = demo.load(session)
+    session.commit()
+    click.echo(summary)
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """The ledger of money and gas."""
+
+
+@ledger_group.command("check")
+@with_appcontext
+def ledger_check() -> None:
+    """Verify the ledger's invariants; exit 1 and list the offending entries if one breaks."""
+    problems = ledger.check(db.session())
+    if problems:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"ledger check FAILED: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo("ledger check passed")

@@ -1,0 +1,67 @@
+"""Configuration, read from the environment. Every variable is listed in the README."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE = ROOT / "instance"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run: said at start-up, not at the first request."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+class Config:
+    """Settings for a deployment; ``RANQI_ENV`` picks development or production rules."""
+
+    def __init__(self) -> None:
+        self.RANQI_ENV = _env("RANQI_ENV", "production")
+        self.INSTANCE_PATH = Path(_env("RANQI_INSTANCE_PATH", str(DEFAULT_INSTANCE)))
+        self.DATABASE_URL = _env(
+            "DATABASE_URL", f"sqlite:///{self.INSTANCE_PATH / 'ranqi.sqlite3'}"
+        )
+        self.SECRET_KEY = os.environ.get("SECRET_KEY", "")
+        self.BABEL_DEFAULT_LOCALE = _env("RANQI_DEFAULT_LOCALE", "zh")
+        self.BABEL_DEFAULT_TIMEZONE = "Asia/Shanghai"
+        self.LOG_LEVEL = _env("RANQI_LOG_LEVEL", "INFO")
+        self.SQL_ECHO = _env("RANQI_SQL_ECHO", "0") == "1"
+        self.JSON_SORT_KEYS = False
+
+    def finalise(self) -> None:
+        """Check what cannot be defaulted; fill development-only conveniences."""
+        if self.RANQI_ENV not in {"production", "development", "testing"}:
+            raise ConfigError(
+                f"RANQI_ENV must be production, development or testing, not {self.RANQI_ENV!r}"
+            )
+        if not self.SECRET_KEY:
+            if self.RANQI_ENV == "production":
+                raise ConfigError("SECRET_KEY is not set (required unless RANQI_ENV=development)")
+            # Development keeps one random key in instance/ so that sessions survive restarts.
+            self.INSTANCE_PATH.mkdir(parents=True, exist_ok=True)
+            key_file = self.INSTANCE_PATH / "dev-secret-key"
+            if not key_file.exists():
+                key_file.write_text(secrets.token_hex(32))
+                key_file.chmod(0o600)
+            self.SECRET_KEY = key_file.read_text().strip()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k.isupper()}
+
+
+class TestConfig(Config):
+    """Tests: a database from ``TEST_DATABASE_URL`` (the test fixtures set it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.RANQI_ENV = "testing"
+        self.TESTING = True
+        self.SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
+        self.DATABASE_URL = _env("TEST_DATABASE_URL", "sqlite://")

@@ -1,0 +1,93 @@
+"""Fixtures: ``app``, ``client``, ``db`` on SQLite or on PostgreSQL (``TEST_DATABASE_URL``).
+
+The schema is made once per run by the Alembic migrations; each test runs inside a
+transaction that is rolled back at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from models import migrate
+from portal import create_app
+from portal import db as portal_db
+from portal.db import make_engine
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any network connection that is not to this machine."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            if host not in LOOPBACK and not str(host).startswith("127."):
+                raise ConnectionRefusedError(f"tests may not connect to {address!r}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def test_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    path: Path = tmp_path_factory.mktemp("db") / "test.sqlite3"
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """An engine on a schema made from scratch by the migrations."""
+    eng = make_engine(test_database_url(tmp_path_factory))
+    if eng.dialect.name == "postgresql":
+        with eng.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    conn = engine.connect()
+    trans = conn.begin()
+    yield conn
+    trans.rollback()
+    conn.close()
+
+
+@pytest.fixture
+def app(engine: Engine, connection: Connection) -> Iterator[Flask]:
+    application = create_app({"DATABASE_URL": engine.url.render_as_string(hide_password=False)})
+    portal_db.database(application).bind_to(connection)
+    yield application
+    portal_db.database(application).engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: Flask) -> Iterator[Session]:
+    """The session the app uses in this test (requests made by ``client`` share it)."""
+    with app.app_context():
+        session = portal_db.session()
+        yield session
