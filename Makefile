@@ -27,7 +27,7 @@ static/vendor/htmx.min.js: package.json package-lock.json
 	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
 
 portal/translations/en/LC_MESSAGES/messages.mo: portal/translations/en/LC_MESSAGES/messages.po $(STAMP)
-	$(BIN)/pybabel compile --use-fuzzy -q -d portal/translations
+	$(BIN)/pybabel -q compile --use-fuzzy -d portal/translations
 
 run: export RANQI_ENV ?= development
 run: setup

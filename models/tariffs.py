@@ -6,8 +6,16 @@ import datetime as dt
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Numeric, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Numeric,
+    String,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, BigIntPK, UTCDateTime, utcnow
 from models.org import Branch, CustomerCategory
@@ -116,3 +124,32 @@ class DiscountPolicy(Base):
     min_household_size: Mapped[int | None] = mapped_column(default=None)
 
     tariff: Mapped[Tariff] = relationship(back_populates="discounts")
+
+
+def tariff_in_force(
+    session: Session, *, branch_id: int, category_id: int, on: dt.date
+) -> Tariff | None:
+    """The tariff a branch applies to a category on local date ``on`` (latest effective)."""
+    return session.scalar(
+        select(Tariff)
+        .where(
+            Tariff.branch_id == branch_id,
+            Tariff.category_id == category_id,
+            Tariff.effective_from <= on,
+        )
+        .order_by(Tariff.effective_from.desc())
+        .limit(1)
+    )
+
+
+def tariffs_in_force(session: Session, *, branch_id: int, on: dt.date) -> list[Tariff]:
+    """Every category's tariff in force at a branch on ``on`` (for the public price list)."""
+    result = []
+    categories = session.scalars(
+        select(Tariff.category_id).where(Tariff.branch_id == branch_id).distinct()
+    )
+    for category_id in categories:
+        tariff = tariff_in_force(session, branch_id=branch_id, category_id=category_id, on=on)
+        if tariff is not None:
+            result.append(tariff)
+    return sorted(result, key=lambda t: t.category_id)
