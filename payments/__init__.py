@@ -1,0 +1,1 @@
+"""Payment providers behind one interface (payments.base), plus sandbox gateways."""
