@@ -6,6 +6,7 @@ transaction that is rolled back at its end.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections.abc import Iterator
@@ -91,3 +92,36 @@ def db(app: Flask) -> Iterator[Session]:
     with app.app_context():
         session = portal_db.session()
         yield session
+
+
+@pytest.fixture
+def fresh_engine(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
+    """A database of its own, migrated, for tests that commit (concurrency, jobs).
+
+    On PostgreSQL a new database on the test server, dropped afterwards; on SQLite a
+    new file.
+    """
+    if engine.dialect.name != "postgresql":
+        eng = make_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+        migrate.upgrade(eng)
+        yield eng
+        eng.dispose()
+        return
+    name = f"ranqi_fresh_{os.getpid()}_{next(_fresh_counter)}"
+    admin = make_engine(engine.url.render_as_string(hide_password=False)).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    eng = make_engine(engine.url.set(database=name).render_as_string(hide_password=False))
+    try:
+        migrate.upgrade(eng)
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+_fresh_counter = itertools.count()
