@@ -125,6 +125,7 @@ def record_event(
     verified: bool,
     order_no: str | None = None,
     outcome: str = "",
+    detail: str = "",
 ) -> PaymentEvent:
     """Store a provider message as received (raw bytes), verified or not."""
     event = PaymentEvent(
@@ -135,6 +136,7 @@ def record_event(
         headers=headers,
         verified=verified,
         outcome=outcome,
+        detail=detail,
     )
     session.add(event)
     session.flush()
@@ -143,9 +145,13 @@ def record_event(
 
 def apply_notice(session: Session, notice: PaymentNotice, *, event: PaymentEvent) -> Outcome:
     """Apply a verified notice under a row lock: paid exactly once, or a conflict, or nothing."""
-    order = session.scalar(select(Order).where(Order.order_no == notice.order_no).with_for_update())
-    if order is not None:
-        session.refresh(order)  # re-read under the lock: another worker may have moved it
+    # populate_existing: re-read under the lock, another worker may have moved the order
+    order = session.scalar(
+        select(Order)
+        .where(Order.order_no == notice.order_no)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     outcome = _decide(session, order, notice, event)
     event.outcome = outcome.value
     event.order_no = notice.order_no

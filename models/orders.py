@@ -177,8 +177,10 @@ class PaymentEvent(Base):
     raw_body: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     verified: Mapped[bool] = mapped_column(default=False)
-    #: what we did with it: "paid", "duplicate", "conflict", "ignored", "rejected"
+    #: what we did with it: "paid", "duplicate", "conflict", "closed", "ignored", "rejected"
     outcome: Mapped[str] = mapped_column(String(24), default="")
+    #: why, for people: the reason a notify was rejected, ...
+    detail: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

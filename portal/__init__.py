@@ -40,9 +40,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     Babel(app, locale_selector=select_locale, default_translation_directories="translations")
 
-    from portal import api, cli, public
+    from portal import api, callbacks, cli, public
 
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(callbacks.bp)
     cli.init_app(app)
     return app

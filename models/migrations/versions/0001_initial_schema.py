@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("headers", sa.JSON(), nullable=False),
         sa.Column("verified", sa.Boolean(), nullable=False),
         sa.Column("outcome", sa.String(length=24), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_payment_event")),
     )
