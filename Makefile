@@ -30,11 +30,12 @@ portal/translations/en/LC_MESSAGES/messages.mo: portal/translations/en/LC_MESSAG
 	$(BIN)/pybabel -q compile --use-fuzzy -d portal/translations
 
 run: export RANQI_ENV ?= development
+run: export RANQI_JOBS_INPROCESS_SECONDS ?= 5
 run: setup
 	mkdir -p instance
 	$(BIN)/ranqi db upgrade
 	$(BIN)/ranqi demo
-	$(BIN)/ranqi run --host $(HOST) --port $(PORT)
+	$(BIN)/ranqi serve --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -29,6 +29,11 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(demo_command)
     app.cli.add_command(ledger_group)
+    app.cli.add_command(jobs_group)
+    app.cli.add_command(serve_command)
+    from portal import cli_imports
+
+    app.cli.add_command(cli_imports.import_group)
 
 
 @click.group("db")
@@ -85,3 +90,51 @@ def ledger_check() -> None:
         click.echo(f"ledger check FAILED: {len(problems)} problem(s)", err=True)
         sys.exit(1)
     click.echo("ledger check passed")
+
+
+@click.group("jobs")
+def jobs_group() -> None:
+    """Background jobs: expire unpaid orders, query stale ones."""
+
+
+@jobs_group.command("run")
+@click.option("--once", is_flag=True, help="one round, then exit")
+@click.option("--interval", default=10.0, show_default=True, help="seconds between rounds")
+@with_appcontext
+def jobs_run(once: bool, interval: float) -> None:
+    """Run the jobs (safe to run on several hosts at once)."""
+    import time
+
+    from flask import current_app
+
+    from portal import jobs
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    while True:
+        click.echo(f"jobs: {jobs.run_all(app)}")
+        if once:
+            return
+        time.sleep(interval)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@with_appcontext
+def serve_command(host: str, port: int) -> None:
+    """Development server with the in-process jobs (``make run`` uses it)."""
+    from flask import current_app
+
+    from portal import jobs
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    background = []
+    if app.config["JOBS_INPROCESS_SECONDS"] > 0:
+        background.append(jobs.InProcessJobs(app, app.config["JOBS_INPROCESS_SECONDS"]))
+    for worker in background:
+        worker.start()
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        for worker in background:
+            worker.stop()

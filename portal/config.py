@@ -34,6 +34,12 @@ class Config:
         self.LOG_LEVEL = _env("RANQI_LOG_LEVEL", "INFO")
         self.SQL_ECHO = _env("RANQI_SQL_ECHO", "0") == "1"
         self.JSON_SORT_KEYS = False
+        #: an unpaid order expires (and is closed at the provider) after this many seconds
+        self.ORDER_TTL_SECONDS = int(_env("RANQI_ORDER_TTL_SECONDS", "900"))
+        #: unpaid orders older than this are queried at the provider (lost notifies)
+        self.ORDER_QUERY_AFTER_SECONDS = int(_env("RANQI_ORDER_QUERY_AFTER_SECONDS", "120"))
+        #: run the jobs in a thread of the web process every N seconds (0: don't)
+        self.JOBS_INPROCESS_SECONDS = float(_env("RANQI_JOBS_INPROCESS_SECONDS", "0"))
 
     def finalise(self) -> None:
         """Check what cannot be defaulted; fill development-only conveniences."""
