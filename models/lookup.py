@@ -175,6 +175,11 @@ def list_branches(session: Session) -> list[Branch]:
     return list(session.scalars(select(Branch).order_by(Branch.id)))
 
 
+def first_branch(session: Session) -> Branch | None:
+    """The default branch of the public pages: the first created, if there is any."""
+    return session.scalar(select(Branch).order_by(Branch.id).limit(1))
+
+
 def service_notices(session: Session, *, branch_id: int, lang: str) -> list[ServiceNotice]:
     """A branch's notices in ``lang``, the Chinese one standing in where ``lang`` has none."""
     rows = session.scalars(

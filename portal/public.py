@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, make_response, render_template, request, url_for
+from flask import Blueprint, Response, make_response, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask_babel import get_locale, refresh
 from jinja2_fragments.flask import render_block
@@ -13,6 +13,7 @@ from models.base import utcnow
 from models.clock import local_date
 from models.lookup import (
     find_account,
+    first_branch,
     list_branches,
     normalise_account_no,
     service_notices,
@@ -61,6 +62,7 @@ def _url_in_lang(lang: str) -> str:
 
 @bp.context_processor
 def _page_context() -> dict[str, Any]:
+    """What every page of the blueprint needs: its language and links to the other one."""
     lang = current_lang()
     return {
         "lang": lang,
@@ -104,15 +106,10 @@ def _wants_fragment() -> bool:
     )
 
 
-def _default_branch() -> Branch | None:
-    branches = list_branches(session())
-    return branches[0] if branches else None
-
-
 @bp.get("/")
 def home() -> str:
     """What Ranqi is, and the account look-up form."""
-    return render_template("home.html", branch=_default_branch(), account_no="")
+    return render_template("home.html", branch=first_branch(session()), account_no="")
 
 
 @bp.get("/accounts/lookup")
@@ -142,11 +139,11 @@ def lookup() -> Response:
     context: dict[str, Any] = {
         "account": account,
         "problem": problem,
-        "branch": branch or _default_branch(),
+        "branch": branch or first_branch(session()),
         "account_no": raw.strip()[:40],
     }
     if _wants_fragment():
-        response = make_response(render_block("home.html", "lookup_result", **context))
+        response = make_response(render_block("home.html", "lookup_result", oob=True, **context))
     else:
         # htmx (a history restore included) swaps only 2xx answers: it gets 200 too.
         from_htmx = request.headers.get("HX-Request") == "true"
@@ -159,20 +156,23 @@ def lookup() -> Response:
 
 
 @bp.get("/info")
-def info() -> str:
+def info() -> Response:
     """Public information (《城镇燃气管理条例》 art. 17): tariffs, process, commitments, hotline."""
     branches = list_branches(session())
     code = request.args.get("branch")
-    if code:
-        branch = next((b for b in branches if b.code == code), None)
-        if branch is None:
-            abort(404)
-    else:
-        branch = branches[0] if branches else None
+    branch = next((b for b in branches if b.code == code), None) if code else None
+    if not code and branches:
+        branch = branches[0]
     tariffs = (
         tariffs_in_force(session(), branch_id=branch.id, on=local_date(utcnow())) if branch else []
     )
     notices = service_notices(session(), branch_id=branch.id, lang=current_lang()) if branch else []
-    return render_template(
-        "info.html", branch=branch, branches=branches, tariffs=tariffs, notices=notices
+    page = render_template(
+        "info.html",
+        branch=branch,
+        branches=branches,
+        tariffs=tariffs,
+        notices=notices,
+        unknown_branch=bool(code) and branch is None,
     )
+    return make_response(page, 404 if code and branch is None else 200)

@@ -203,9 +203,14 @@ def test_lookup_htmx_gets_the_fragment(client: FlaskClient, demo_db: Session) ->
     response = client.get("/accounts/lookup?account_no=10000001", headers=HX)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert "<html" not in html and "<header" not in html and "<form" not in html
+    assert "<html" not in html and "<main" not in html and "<form" not in html
     assert "张*" in html and "张三" not in html
     assert "HX-Request" in response.headers["Vary"]
+    # header and footer come along out of band: language links for this URL, hotline
+    assert '<header class="site" id="site-header" hx-swap-oob="true">' in html
+    assert 'href="/accounts/lookup?account_no=10000001&amp;lang=en"' in html
+    assert '<footer class="site" id="site-footer" hx-swap-oob="true">' in html
+    assert "400-000-0000" in html
 
 
 def test_lookup_history_restore_gets_the_whole_page(client: FlaskClient, demo_db: Session) -> None:
@@ -233,6 +238,7 @@ def test_lookup_unknown_says_not_found_and_nothing_more(
     text = fragment.get_data(as_text=True)
     assert "未找到该户号" in text
     assert "燃气表" not in text and "户名" not in text
+    assert "hx-swap-oob" in text  # the header's language links follow the pushed URL
     assert demo_db.scalar(select(func.count(Account.id))) == accounts_before
     assert not demo_db.new
 
@@ -273,6 +279,9 @@ def test_lookup_shows_the_accounts_own_branch(client: FlaskClient, demo_db: Sess
     account = gen_account(demo_db, branch=other)
     html = client.get(f"/accounts/lookup?account_no={account.account_no}").get_data(as_text=True)
     assert "第二分公司" in html and "400-222-2222" in html
+    assert "400-000-0000" not in html
+    fragment = client.get(f"/accounts/lookup?account_no={account.account_no}", headers=HX)
+    assert "400-222-2222" in fragment.get_data(as_text=True)
 
 
 # --- public information ----------------------------------------------------------------
@@ -359,7 +368,11 @@ def test_info_branch_picker_only_with_several_branches(
     assert "2.99 元/m³" in second and "2.61" not in second
     assert "400-222-2222" in second
     assert "购气业务流程" not in second  # the demo branch's notices stay with it
-    assert client.get("/info?branch=NOPE").status_code == 404
+    unknown = client.get("/info?branch=NOPE")
+    assert unknown.status_code == 404
+    assert "未找到该分公司" in unknown.get_data(as_text=True)
+    assert "2.61" not in unknown.get_data(as_text=True)
+    assert f'href="/info?branch={other.code}"' in unknown.get_data(as_text=True)
 
 
 def test_info_shows_only_the_tariff_in_force_today(client: FlaskClient, db: Session) -> None:
