@@ -18,7 +18,7 @@ from models.orders import (
     Refund,
 )
 from models.org import Branch, Company, CustomerCategory, ServiceNotice
-from models.staff import AuditLog, Kiosk, Operator, Role, SafetyCase
+from models.staff import AuditLog, Kiosk, KioskToken, Operator, Role, SafetyCase
 from models.tariffs import DiscountPolicy, Tariff, TariffTier
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "CustomerCategory",
     "DiscountPolicy",
     "Kiosk",
+    "KioskToken",
     "LedgerEntry",
     "LedgerLine",
     "Meter",

@@ -33,6 +33,23 @@ class Kiosk(Base):
     branch: Mapped[Branch | None] = relationship()
 
 
+class KioskToken(Base):
+    """An access token issued to a kiosk (OAuth2 client credentials); only its hash is kept."""
+
+    __tablename__ = "kiosk_token"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    kiosk_id: Mapped[int] = mapped_column(ForeignKey("kiosk.id"), index=True)
+    #: SHA-256 hex of the bearer token
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(200), default="")
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+    kiosk: Mapped[Kiosk] = relationship()
+
+
 class Role(Base):
     __tablename__ = "role"
 

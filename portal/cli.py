@@ -31,6 +31,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(ledger_group)
     app.cli.add_command(jobs_group)
     app.cli.add_command(serve_command)
+    app.cli.add_command(kiosks_group)
     from portal import cli_imports
 
     app.cli.add_command(cli_imports.import_group)
@@ -138,3 +139,80 @@ def serve_command(host: str, port: int) -> None:
     finally:
         for worker in background:
             worker.stop()
+
+
+@click.group("kiosks")
+def kiosks_group() -> None:
+    """Kiosks: OAuth2 clients of the kiosk API."""
+
+
+@kiosks_group.command("add")
+@click.argument("name")
+@click.option("--location", default="", help="where residents find it")
+@click.option("--hours", default="", help="opening hours, e.g. 07:00–22:00")
+@click.option("--branch", "branch_code", default=None, help="branch code")
+@with_appcontext
+def kiosks_add(name: str, location: str, hours: str, branch_code: str | None) -> None:
+    """Register a kiosk and print its client credentials (shown this once only)."""
+    from sqlalchemy import select
+
+    from models.org import Branch
+    from models.staff import Kiosk, audit
+    from portal.kiosk_auth import new_credentials
+
+    session = db.session()
+    branch_id = None
+    if branch_code is not None:
+        branch = session.scalar(select(Branch).where(Branch.code == branch_code))
+        if branch is None:
+            raise click.BadParameter(f"no branch {branch_code!r}", param_hint="--branch")
+        branch_id = branch.id
+    client_id, secret, secret_hash = new_credentials()
+    session.add(
+        Kiosk(
+            name=name,
+            location=location,
+            opening_hours=hours,
+            branch_id=branch_id,
+            client_id=client_id,
+            client_secret_hash=secret_hash,
+        )
+    )
+    session.add(audit("cli", "kiosk.add", client_id, name=name))
+    session.commit()
+    click.echo(
+        f"client_id:     {client_id}\nclient_secret: {secret}\n"
+        "Store the secret in the kiosk's configuration now: it is not kept anywhere."
+    )
+
+
+@kiosks_group.command("disable")
+@click.argument("client_id")
+@with_appcontext
+def kiosks_disable(client_id: str) -> None:
+    """Disable a kiosk at once: its tokens stop working on the next request."""
+    from sqlalchemy import select
+
+    from models.staff import Kiosk, audit
+
+    session = db.session()
+    kiosk = session.scalar(select(Kiosk).where(Kiosk.client_id == client_id))
+    if kiosk is None:
+        raise click.ClickException(f"no kiosk {client_id!r}")
+    kiosk.enabled = False
+    session.add(audit("cli", "kiosk.disable", client_id))
+    session.commit()
+    click.echo(f"kiosk {client_id} disabled")
+
+
+@kiosks_group.command("list")
+@with_appcontext
+def kiosks_list() -> None:
+    """List kiosks."""
+    from sqlalchemy import select
+
+    from models.staff import Kiosk
+
+    for kiosk in db.session().scalars(select(Kiosk).order_by(Kiosk.id)):
+        state = "enabled" if kiosk.enabled else "DISABLED"
+        click.echo(f"{kiosk.client_id}\t{state}\t{kiosk.name}\t{kiosk.location}")

@@ -38,6 +38,8 @@ class Config:
         self.ORDER_TTL_SECONDS = int(_env("RANQI_ORDER_TTL_SECONDS", "900"))
         #: unpaid orders older than this are queried at the provider (lost notifies)
         self.ORDER_QUERY_AFTER_SECONDS = int(_env("RANQI_ORDER_QUERY_AFTER_SECONDS", "120"))
+        #: lifetime of a kiosk's OAuth2 access token
+        self.KIOSK_TOKEN_SECONDS = int(_env("RANQI_KIOSK_TOKEN_SECONDS", "300"))
         #: run the jobs in a thread of the web process every N seconds (0: don't)
         self.JOBS_INPROCESS_SECONDS = float(_env("RANQI_JOBS_INPROCESS_SECONDS", "0"))
 

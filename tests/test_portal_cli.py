@@ -31,7 +31,7 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def test_upgrade_demo_and_check(cli_env: str) -> None:
-    assert run("db", "upgrade") == (0, "database at 0001\n")
+    assert run("db", "upgrade") == (0, "database at 0002\n")
     code, out = run("demo")
     assert code == 0 and "10 accounts" in out
     assert run("demo") == (0, "demo data already present\n")
@@ -88,14 +88,14 @@ def test_ledger_check_fails_on_corruption(cli_env: str) -> None:
 def test_migrations_go_down_and_up(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}")
     migrate.upgrade(engine)
-    assert migrate.current(engine) == "0001"
+    assert migrate.current(engine) == "0002"
     migrate.downgrade(engine, "base")
     assert migrate.current(engine) is None
     with engine.connect() as conn:
         tables = conn.scalars(text("SELECT name FROM sqlite_master WHERE type='table'")).all()
     assert set(tables) <= {"alembic_version"}
     migrate.upgrade(engine)
-    assert migrate.current(engine) == "0001"
+    assert migrate.current(engine) == "0002"
 
 
 def test_production_needs_a_secret_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
