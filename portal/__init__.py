@@ -40,11 +40,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     Babel(app, locale_selector=select_locale, default_translation_directories="translations")
 
-    from portal import api, callbacks, cli, kiosk_api, kiosk_auth, public
+    from portal import api, callbacks, cli, kiosk_api, kiosk_auth, providers, public
 
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(callbacks.bp)
+    providers.init_app(app)
     kiosk_auth.init_app(app)
     app.register_blueprint(kiosk_api.bp)
     cli.init_app(app)

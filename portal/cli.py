@@ -125,17 +125,24 @@ def jobs_run(once: bool, interval: float) -> None:
 def serve_command(host: str, port: int) -> None:
     """Development server with the in-process jobs (``make run`` uses it)."""
     from flask import current_app
+    from werkzeug.serving import run_simple
 
-    from portal import jobs
+    from payments.sandbox.sender import NotifySender
+    from portal import jobs, providers
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    background = []
+    background: list[jobs.InProcessJobs | NotifySender] = []
+    sender = providers.sandbox_sender(app)
+    if sender is not None:
+        background.append(sender)
     if app.config["JOBS_INPROCESS_SECONDS"] > 0:
         background.append(jobs.InProcessJobs(app, app.config["JOBS_INPROCESS_SECONDS"]))
     for worker in background:
         worker.start()
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        # Flask's app.run() refuses to run inside a `flask` CLI command; run_simple is
+        # what it would call.
+        run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
         for worker in background:
             worker.stop()

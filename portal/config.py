@@ -38,6 +38,12 @@ class Config:
         self.ORDER_TTL_SECONDS = int(_env("RANQI_ORDER_TTL_SECONDS", "900"))
         #: unpaid orders older than this are queried at the provider (lost notifies)
         self.ORDER_QUERY_AFTER_SECONDS = int(_env("RANQI_ORDER_QUERY_AFTER_SECONDS", "120"))
+        #: payment providers: "sandbox", "live" or "none" (default by RANQI_ENV, see finalise)
+        self.PAYMENTS = _env("RANQI_PAYMENTS", "")
+        #: the URL residents and providers reach this app at (notify URLs, sandbox links)
+        self.PUBLIC_URL = _env("RANQI_PUBLIC_URL", "http://127.0.0.1:5000")
+        #: sandbox gateways: multiply the providers' notify retry waits by this
+        self.SANDBOX_TIME_SCALE = float(_env("RANQI_SANDBOX_TIME_SCALE", "1"))
         #: lifetime of a kiosk's OAuth2 access token
         self.KIOSK_TOKEN_SECONDS = int(_env("RANQI_KIOSK_TOKEN_SECONDS", "300"))
         #: run the jobs in a thread of the web process every N seconds (0: don't)
@@ -59,6 +65,10 @@ class Config:
                 key_file.write_text(secrets.token_hex(32))
                 key_file.chmod(0o600)
             self.SECRET_KEY = key_file.read_text().strip()
+        if not self.PAYMENTS:
+            self.PAYMENTS = {"development": "sandbox", "production": "live"}.get(
+                self.RANQI_ENV, "none"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k.isupper()}

@@ -11,9 +11,9 @@ from werkzeug.serving import make_server
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` on a free loopback port; yield its base URL ("http://127.0.0.1:PORT")."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serve(app: Any, port: int = 0) -> Iterator[str]:
+    """Run ``app`` on loopback (a free port unless given); yield "http://127.0.0.1:PORT"."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

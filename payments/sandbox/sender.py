@@ -6,6 +6,7 @@ providers' waits (0.001 turns Alipay's 4 minutes into 0.24 s) for tests and demo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import urllib.error
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 
 #: provider name → (retry waits in seconds, does this HTTP answer count as received?)
 Rules = dict[str, tuple[list[float], Callable[[int, bytes], bool]]]
+#: provider name → fresh headers for a body, for providers that sign each delivery anew
+#: (WeChat Pay v3 signs with the time of sending; a stale retry would rightly be refused)
+Resigners = dict[str, Callable[[bytes], dict[str, str]]]
 
 
 def http_post(item: QueuedNotify, accepted: Callable[[int, bytes], bool]) -> tuple[bool, str]:
@@ -39,10 +43,17 @@ class NotifySender:
     """Background delivery of queued notifies until :meth:`stop`."""
 
     def __init__(
-        self, store: SandboxStore, rules: Rules, *, time_scale: float = 1.0, interval: float = 0.5
+        self,
+        store: SandboxStore,
+        rules: Rules,
+        *,
+        time_scale: float = 1.0,
+        interval: float = 0.5,
+        resigners: Resigners | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
+        self.resigners = resigners or {}
         self.time_scale = time_scale
         self.interval = interval
         self._stop = threading.Event()
@@ -57,6 +68,9 @@ class NotifySender:
 
         def post(item: QueuedNotify) -> tuple[bool, str]:
             _waits, accepted = self.rules[item.provider]
+            resign = self.resigners.get(item.provider)
+            if resign is not None:
+                item = dataclasses.replace(item, headers=resign(item.body))
             ok, answer = http_post(item, accepted)
             log.info(
                 "sandbox notify %s %s attempt %d: %s",
