@@ -342,8 +342,6 @@ class FieldStats:
 _COMMAND_NAMES = {
     0x26: "REQA",
     0x52: "WUPA",
-    0x93: "SEL_CL1",
-    0x95: "SEL_CL2",
     0x30: "READ",
     0x3A: "FAST_READ",
     0xA2: "WRITE",
@@ -353,6 +351,14 @@ _COMMAND_NAMES = {
     0x1B: "PWD_AUTH",
     0x50: "HLTA",
 }
+
+
+def _command_name(frame: bytes) -> str:
+    if frame[0] in (0x93, 0x95) and len(frame) > 1:
+        level = 1 if frame[0] == 0x93 else 2
+        return f"{'SELECT' if frame[1] == 0x70 else 'ANTICOLLISION'}_CL{level}"
+    return _COMMAND_NAMES.get(frame[0], f"0x{frame[0]:02X}")
+
 
 #: decides, for each command frame to a card in the field, whether the card leaves now
 PullHook = Callable[[bytes], bool]
@@ -494,7 +500,7 @@ class VirtualField:
                 return None
             self.stats.commands += 1
             self.stats.bytes_in += len(frame)
-            self.stats.by_command[_COMMAND_NAMES.get(frame[0], f"0x{frame[0]:02X}")] += 1
+            self.stats.by_command[_command_name(frame)] += 1
             if card.state is CardState.ACTIVE and self._hook is not None and self._hook(frame):
                 self._pull(card, frame)
                 return None
@@ -512,3 +518,66 @@ class VirtualField:
             card.handle(frame[:2] + garbled)
         card.power_off()
         self.pulled, self._card, self._hook = card, None, None
+
+
+def demo_cards(directory: Path, count: int = 10) -> list[VirtualNtag215]:
+    """``count`` cards kept in ``directory`` (``card-0.ntag215`` ...), made on first use."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        VirtualNtag215.load(directory / f"card-{serial}.ntag215", uid=uid_for(serial))
+        for serial in range(count)
+    ]
+
+
+def console_command(field: VirtualField, cards: list[VirtualNtag215], line: str) -> str:
+    """Run one demo console command on ``field``; the answer is one line for the terminal.
+
+    ``tap N`` puts card N in the field, ``take`` removes it, ``pull K`` tears the
+    K-th WRITE of the next session, ``list`` shows the cards.
+    """
+    words = line.split()
+    if not words:
+        return ""
+    if words[0] == "list":
+        present = field.card
+        return "; ".join(
+            f"{'*' if card is present else ' '}{serial}: {card.uid.hex()}"
+            for serial, card in enumerate(cards)
+        )
+    if words[0] == "take":
+        card = field.take()
+        return "field empty" if card is None else f"took {card.uid.hex()}"
+    if words[0] in ("tap", "pull") and len(words) == 2 and words[1].isdigit():
+        number = int(words[1])
+        if words[0] == "pull":
+            field.pull_when(pull_on_write(number))
+            return f"the card leaves at WRITE #{number}"
+        if number >= len(cards):
+            return f"no card {number} (0..{len(cards) - 1})"
+        field.put(cards[number])
+        return f"card {number} ({cards[number].uid.hex()}) is in the field"
+    return "commands: tap N | take | pull K | list"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a virtual kiosk field with ten demo cards; point nfcpy at ``udp:127.0.0.1:PORT``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=54321, help="UDP port on 127.0.0.1")
+    parser.add_argument("--cards", type=Path, default=Path("var/cards"), help="card files")
+    parser.add_argument("--count", type=int, default=10)
+    args = parser.parse_args(argv)
+    cards = demo_cards(args.cards, args.count)
+    with VirtualField(port=args.port) as field:
+        print(f"virtual field on udp:127.0.0.1:{field.port}; {len(cards)} cards in {args.cards}")
+        print(console_command(field, cards, "help"))
+        try:
+            for line in iter(input, "quit"):
+                print(console_command(field, cards, line))
+        except (EOFError, KeyboardInterrupt):
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from kiosk.cardio import (
     write_pages,
 )
 from kiosk.meter_sim import MeterSimulator, Outcome
+from kiosk.reader import ReaderLoop, TapStatus, WriteOrder
 from kiosk.virtual_card import (
     PullMode,
     VirtualField,
@@ -224,3 +225,57 @@ def test_card_to_meter_and_back_carries_a_verified_report(
     assert (result.outcome, result.applied_volume) == (Outcome.APPLIED, 1_000)
     _, result = meter.insert(second)  # the same image again: nothing more
     assert result.applied_volume == 0 and meter.remaining == 3_500
+
+
+class FakeHost:
+    """A server in miniature: credits waiting per card, a write id per order, confirms kept."""
+
+    def __init__(self, credits: int = 0) -> None:
+        self.credits = credits
+        self.synced: list[bytes] = []
+        self.confirmed: list[tuple[str, bytes]] = []
+
+    def sync(self, uid: bytes, image: bytes) -> WriteOrder | None:
+        self.synced.append(image)
+        if not self.credits:
+            return None
+        target = load(image, self.credits)
+        return WriteOrder(f"w{len(self.synced)}", target, PASSWORD)
+
+    def confirm(self, write_id: str, image: bytes) -> None:
+        self.confirmed.append((write_id, image))
+        self.credits = 0
+
+
+def test_reader_loop_loads_credits_and_confirms_after_read_back(
+    issued: VirtualNtag215, field: VirtualField
+) -> None:
+    host = FakeHost(credits=1_200)
+    loop = ReaderLoop(lambda: open_reader(field.port), host)
+    tapped = loop.run_once()
+    assert (tapped.status, tapped.uid) == (TapStatus.LOADED, issued.uid)
+    assert host.confirmed == [("w1", issued.user_memory)]
+    assert (
+        cardfmt.decode(issued.user_memory, public_keys=PUBLIC_KEYS).current.pending_volume == 1_200
+    )
+    assert loop.run_once().status is TapStatus.SYNCED  # nothing left to load
+    assert host.synced[-1] == issued.user_memory
+
+
+def test_reader_loop_never_confirms_a_torn_write(
+    issued: VirtualNtag215, field: VirtualField
+) -> None:
+    host = FakeHost(credits=800)
+    loop = ReaderLoop(lambda: open_reader(field.port), host)
+    field.pull_when(pull_on_write(5))
+    tapped = loop.run_once()
+    assert tapped.status is TapStatus.FAILED and "left the field" in tapped.error
+    assert host.confirmed == []
+    field.put(issued)
+    assert loop.run_once().status is TapStatus.LOADED and len(host.confirmed) == 1
+
+
+def test_reader_loop_without_a_card(field: VirtualField) -> None:
+    field.take()
+    loop = ReaderLoop(lambda: open_reader(field.port), FakeHost(), wait=0.1)
+    assert loop.run_once().status is TapStatus.NO_CARD

@@ -19,6 +19,8 @@ from kiosk.virtual_card import (
     PullMode,
     VirtualField,
     VirtualNtag215,
+    console_command,
+    demo_cards,
     factory_memory,
     pull_after,
     pull_on_write,
@@ -65,7 +67,9 @@ def test_plain_udp_path_identifies_ntag215(field: VirtualField, card: VirtualNta
         assert tag.product == "NXP NTAG215"
     finally:
         reader.close()
-    assert field.stats.by_command["SEL_CL2"] >= 1  # both cascade levels of a 7-byte UID
+    # both cascade levels of a 7-byte UID: anticollision once, then select by UID
+    assert field.stats.by_command["ANTICOLLISION_CL2"] == 1
+    assert field.stats.by_command["SELECT_CL2"] >= 2
 
 
 def test_factory_memory_reads_as_shipped(clf: Any, card: VirtualNtag215) -> None:
@@ -225,3 +229,22 @@ def test_field_ignores_type_b_and_f_polls(field: VirtualField) -> None:
             probe.recvfrom(64)
         probe.sendto(b"106A 26", ("127.0.0.1", field.port))
         assert probe.recvfrom(64)[0] == b"106A 4400"
+
+
+def test_demo_console_taps_one_of_ten_kept_cards(tmp_path: Path) -> None:
+    cards = demo_cards(tmp_path / "cards")
+    assert len(cards) == 10 and len({card.uid for card in cards}) == 10
+    with VirtualField() as field:
+        assert "card 4" in console_command(field, cards, "tap 4")
+        reader = open_reader(field.port)
+        try:
+            connect_tag(reader).write(60, b"demo")
+            assert console_command(field, cards, "pull 1").startswith("the card leaves")
+            tag = connect_tag(reader)
+            with pytest.raises(nfc.tag.tt2.Type2TagCommandError):
+                tag.write(61, b"torn")
+        finally:
+            reader.close()
+        assert field.card is None and "no card 10" in console_command(field, cards, "tap 10")
+    assert demo_cards(tmp_path / "cards")[4].page(60) == b"demo"  # kept on disk
+    assert demo_cards(tmp_path / "cards")[4].page(61) == bytes(4)
