@@ -388,6 +388,16 @@ def confirm_write(
         )
     if state is CardWriteState.confirmed:
         return ConfirmResult(write=write, repeated=True)
+    if kiosk_id != write.kiosk_id:
+        # allowed (the read-back is the proof), but unusual enough for staff to see
+        session.add(
+            audit(
+                f"kiosk:{kiosk_id}" if kiosk_id is not None else "system",
+                "card_write.confirmed_for_other_kiosk",
+                f"card_write:{write.write_id}",
+                issued_to_kiosk=write.kiosk_id,
+            )
+        )
     complete_write(session, write, now=now)
     return ConfirmResult(write=write, repeated=False)
 

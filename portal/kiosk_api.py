@@ -14,11 +14,13 @@ import base64
 import binascii
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from cardfmt import IMAGE_SIZE
 from models import cardwrites
@@ -139,14 +141,14 @@ def confirm() -> tuple[Response, int]:
     )
 
 
-def _in_transaction(work: Any) -> tuple[Response, int]:
+def _in_transaction(work: Callable[[Session], dict[str, Any]]) -> tuple[Response, int]:
     """Run ``work(session)`` as this request's one transaction; domain refusals change nothing."""
     session = db.session()
     # End the read transaction authentication opened: the card lock must be the
     # transaction's first statement (SQLite cannot upgrade an older snapshot to a writer).
     session.commit()
     try:
-        answer: dict[str, Any] = work(session)
+        answer = work(session)
         session.commit()
     except DomainError as error:
         session.rollback()

@@ -30,7 +30,7 @@ from models.credits import record_payment
 from models.errors import NotFound
 from models.ordering import create_order
 from models.orders import CardWrite, Credit
-from models.staff import Kiosk, SafetyCase
+from models.staff import AuditLog, Kiosk, SafetyCase
 from models.states import CardState, CardWriteState, CaseState, CreditState
 from models.tariffs import Tariff
 from tests.factories import gen_account, gen_tariff, unique
@@ -428,3 +428,15 @@ def test_leak_alarm_opens_one_case(db: Session, setup: Setup) -> None:
     third = sync(db, setup, setup.meter_sim.insert(leaking, alarms=cardfmt.Alarm.LEAK))
     assert [case.kind for case in third.cases] == ["leak"]
     assert db.scalar(select(func.count()).select_from(MeterReport)) == 3
+
+
+def test_another_kiosk_may_confirm_and_staff_see_it(db: Session, setup: Setup) -> None:
+    credit = paid_credit(db, setup.meter)
+    first = sync(db, setup, setup.raw)
+    assert first.write is not None
+    on_card = write_pages(setup.raw, first.plan)
+    other = gen_kiosk(db)
+    confirm_write(db, write_id=first.write.write_id, raw=on_card, kiosk_id=other.id, now=utcnow())
+    assert credit.state == CreditState.loaded
+    entries = db.scalars(select(AuditLog).where(AuditLog.actor == f"kiosk:{other.id}")).all()
+    assert [entry.action for entry in entries] == ["card_write.confirmed_for_other_kiosk"]
