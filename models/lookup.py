@@ -2,11 +2,13 @@
 
 Residents have no passwords, so what a look-up by 户号 returns is only what anyone who
 knows the number may see: the holder's name and address masked, the category and the
-meters. Details and history need a second factor (a later step), never this module.
+meters. Details and history need the second factor checked here
+(:func:`second_factor_matches`); they are read by :mod:`models.history`.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -192,3 +194,24 @@ def service_notices(session: Session, *, branch_id: int, lang: str) -> list[Serv
         if row.topic not in by_topic or row.lang == lang:
             by_topic[row.topic] = row
     return sorted(by_topic.values(), key=lambda n: (n.position, n.topic))
+
+
+#: the second factor as residents type it: four digits
+LAST_FOUR_RE = re.compile(r"[0-9]{4}")
+
+
+def normalise_last_four(raw: str) -> str | None:
+    """The four digits typed (full-width allowed, spaces ignored), or None if they are not."""
+    text = "".join(unicodedata.normalize("NFKC", raw).split())
+    return text if LAST_FOUR_RE.fullmatch(text) else None
+
+
+def second_factor_matches(session: Session, account_no: str, last_four: str) -> bool:
+    """Whether ``last_four`` are the last four digits of the account's registered phone."""
+    phone = session.scalar(select(Account.phone).where(Account.account_no == account_no))
+    if phone is None:
+        return False
+    digits = "".join(ch for ch in unicodedata.normalize("NFKC", phone) if ch.isdigit())
+    if len(digits) < 4:
+        return False
+    return hmac.compare_digest(digits[-4:].encode(), last_four.encode())

@@ -17,6 +17,7 @@ from typing import Literal
 from babel.dates import format_skeleton
 from flask_babel import get_locale, gettext
 
+from models.clock import LOCAL_TZ
 from models.tariffs import DiscountEligibility, DiscountKind, DiscountPolicy, TariffTier
 
 #: 0.01 m³ units per m³, fen per yuan
@@ -153,3 +154,46 @@ def tel_href(number: str) -> str:
     match = re.match(r"[0-9+\- ]*", unicodedata.normalize("NFKC", number).strip())
     dialled = re.sub(r"[^0-9+]", "", match.group(0) if match else "")
     return f"tel:{dialled}"
+
+
+def local_time(moment: dt.datetime | None) -> str:
+    """A stored UTC moment as the local (Asia/Shanghai) time: "2026-12-04 16:30"."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
+
+
+def channel_label(channel: str) -> str:
+    """A payment channel in the reader's language."""
+    labels = {
+        "alipay": gettext("支付宝"),
+        "wechat": gettext("微信支付"),
+        "wechat_v2": gettext("微信支付"),
+    }
+    return str(labels.get(channel, channel))
+
+
+def order_state_label(state: str) -> str:
+    """An order state (:class:`models.states.OrderState`) in the reader's language."""
+    labels = {
+        "created": gettext("待付款"),
+        "paying": gettext("待付款"),
+        "paid": gettext("已付款"),
+        "refunding": gettext("退款中"),
+        "refunded": gettext("已退款"),
+        "closed": gettext("已关闭"),
+    }
+    return str(labels.get(state, state))
+
+
+def credit_state_label(state: str | None) -> str:
+    """Where paid gas is (:class:`models.states.CreditState`), in the reader's language."""
+    labels = {
+        "awaiting_load": gettext("待圈存"),
+        "loaded": gettext("已写卡，待插表"),
+        "applied": gettext("已入表"),
+        "refunded": gettext("已退款"),
+    }
+    return str(labels.get(state or "", ""))
