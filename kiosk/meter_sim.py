@@ -53,6 +53,12 @@ NO_ALARMS = Alarm(0)
 _ALARMS = {"leak": Alarm.LEAK, "tamper": Alarm.TAMPER, "low_battery": Alarm.LOW_BATTERY}
 
 
+def _alarm(kind: str) -> Alarm:
+    if kind not in _ALARMS:
+        raise ValueError(f"unknown alarm {kind!r}: one of {', '.join(_ALARMS)}")
+    return _ALARMS[kind]
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -164,13 +170,13 @@ class MeterSimulator:
 
     def raise_alarm(self, kind: str) -> None:
         """Flag ``leak``, ``tamper`` or ``low_battery``; a leak shuts the valve."""
-        self.alarms |= _ALARMS[kind]
+        self.alarms |= _alarm(kind)
         if kind == "leak":
             self.valve_closed_for = ValveReason.LEAK
 
     def clear_alarm(self, kind: str) -> None:
         """A service visit cleared the alarm; after a leak the valve opens only with gas left."""
-        self.alarms &= ~_ALARMS[kind]
+        self.alarms &= ~_alarm(kind)
         if kind == "leak" and self.valve_closed_for is ValveReason.LEAK:
             self.valve_closed_for = None if self.remaining else ValveReason.NO_GAS
 

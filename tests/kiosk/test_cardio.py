@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+import nfc.tag  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -115,6 +116,38 @@ def test_provision_again_with_the_same_password_is_a_no_op(
     assert result.pages_written == 0 and issued.user_memory == ISSUED
     with pytest.raises(AuthFailed):
         provision_card(connect_tag(clf), ISSUED, b"other!")
+
+
+ISSUE_PLAN = cardfmt.plan_write(factory_memory(uid_for(42))[16:520], ISSUED)
+
+
+@pytest.mark.parametrize(
+    "k", [1, 20, len(ISSUE_PLAN), *range(len(ISSUE_PLAN) + 1, len(ISSUE_PLAN) + 5)]
+)
+def test_a_torn_provisioning_can_be_retried_with_the_same_password(
+    card: VirtualNtag215, clf: Any, field: VirtualField, k: int
+) -> None:
+    field.pull_when(pull_on_write(k))  # the image pages first, then PACK, PWD, CFG1, CFG0
+    with pytest.raises(WriteFailed):
+        provision_card(connect_tag(clf), ISSUED, PASSWORD)
+    field.put(card)
+    assert provision_card(connect_tag(clf), ISSUED, PASSWORD).image == ISSUED
+    tag = connect_tag(clf)
+    assert protected_from(tag) == FIRST_PAGE
+    assert write_image(tag, ISSUED, FIRST_LOAD, password=PASSWORD).image == FIRST_LOAD
+
+
+def test_nfcpy_protect_torn_after_auth0_locks_under_the_factory_password(
+    card: VirtualNtag215, clf: Any, field: VirtualField
+) -> None:
+    """Why provision_card does not call tag.protect(): its first write is AUTH0."""
+    field.pull_when(pull_on_write(2))  # CFG0 (AUTH0 = 4) landed, the password did not
+    with pytest.raises(nfc.tag.TagCommandError):
+        connect_tag(clf).protect(password=PASSWORD, protect_from=FIRST_PAGE)
+    field.put(card)
+    with pytest.raises(AuthFailed):
+        provision_card(connect_tag(clf), ISSUED, PASSWORD)
+    assert connect_tag(clf).authenticate(b"") is True  # nfcpy's factory default password
 
 
 def test_load_writes_changed_pages_only_and_reads_back(

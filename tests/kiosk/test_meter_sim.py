@@ -166,6 +166,10 @@ def test_leak_alarm_closes_the_valve_and_is_reported() -> None:
     assert report.remaining == 1_100
     meter.clear_alarm("leak")
     assert meter.valve_open
+    meter.raise_alarm("tamper")
+    assert meter.valve_open and Alarm.TAMPER in meter.alarms
+    with pytest.raises(ValueError, match="unknown alarm"):
+        meter.raise_alarm("fire")
 
 
 def test_report_mac_verifies_only_with_the_meters_derived_key() -> None:
