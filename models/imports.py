@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, MetaData, insert, select, update
+from sqlalchemy import Column, MetaData, String, insert, select, update
 from sqlalchemy import Table as SqlTable
 from sqlalchemy.orm import Session, selectinload
 
@@ -527,13 +528,33 @@ class _Existing:
     active_cards: dict[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def _key_table(session: Session, keys: Iterable[str]) -> Iterator[SqlTable]:
+    """A temporary one-column table of ``keys`` to join with, dropped afterwards.
+
+    Not ``IN (...)`` with thousands of parameters: right after a bulk load (no
+    statistics yet) PostgreSQL scanned the whole table comparing every row with every
+    parameter, seconds per query. A join uses the unique index or a hash. If anything
+    fails the caller rolls back, and the table goes with the transaction.
+    """
+    connection = session.connection()
+    table = SqlTable(
+        "ranqi_import_keys",
+        MetaData(),  # not Base.metadata: this table is no part of the schema
+        Column("key", String(100), primary_key=True),
+        prefixes=["TEMPORARY"],
+    )
+    table.create(connection)
+    for chunk in _chunks(sorted(set(keys))):
+        connection.execute(insert(table), [{"key": key} for key in chunk])
+    yield table
+    table.drop(connection)
+
+
 def _load_existing(session: Session, lines: Sequence[_AccountLine]) -> _Existing:
+    """Everything the database holds for the file's keys: one query per kind of record."""
     existing = _Existing()
-    account_nos = sorted({line.account.account_no for line in lines})
-    meter_nos = [line.meter.meter_no for line in lines]
-    card_nos = [line.card.card_no for line in lines if line.card]
-    tag_uids = [line.card.tag_uid for line in lines if line.card and line.card.tag_uid]
-    for chunk in _chunks(account_nos):
+    with _key_table(session, (line.account.account_no for line in lines)) as keys:
         for row in session.execute(
             select(
                 Account.account_no,
@@ -545,10 +566,10 @@ def _load_existing(session: Session, lines: Sequence[_AccountLine]) -> _Existing
                 Account.category_id,
                 Account.household_size,
                 Account.subsidised,
-            ).where(Account.account_no.in_(chunk))
+            ).join(keys, Account.account_no == keys.c.key)
         ):
             existing.accounts[row[0]] = (row[1], tuple(row[2:]))
-    for chunk in _chunks(meter_nos):
+    with _key_table(session, (line.meter.meter_no for line in lines)) as keys:
         for meter_row in session.execute(
             select(
                 Meter.meter_no,
@@ -560,16 +581,17 @@ def _load_existing(session: Session, lines: Sequence[_AccountLine]) -> _Existing
                 Meter.opening_cycle_start,
             )
             .join(Account, Meter.account_id == Account.id)
-            .where(Meter.meter_no.in_(chunk))
+            .join(keys, Meter.meter_no == keys.c.key)
         ):
             existing.meters[meter_row[0]] = (meter_row[1], meter_row[2], tuple(meter_row[3:]))
         for card_no, meter_no in session.execute(
             select(Card.card_no, Meter.meter_no)
             .join(Meter, Card.meter_id == Meter.id)
-            .where(Meter.meter_no.in_(chunk), Card.state == CardState.active.value)
+            .join(keys, Meter.meter_no == keys.c.key)
+            .where(Card.state == CardState.active.value)
         ):
             existing.active_cards[meter_no] = card_no
-    for chunk in _chunks(card_nos):
+    with _key_table(session, (line.card.card_no for line in lines if line.card)) as keys:
         for card_row in session.execute(
             select(
                 Card.card_no,
@@ -581,12 +603,13 @@ def _load_existing(session: Session, lines: Sequence[_AccountLine]) -> _Existing
                 Card.replacement_count,
             )
             .join(Meter, Card.meter_id == Meter.id)
-            .where(Card.card_no.in_(chunk))
+            .join(keys, Card.card_no == keys.c.key)
         ):
             existing.cards[card_row[0]] = (card_row[1], card_row[2], tuple(card_row[3:]))
-    for chunk in _chunks(tag_uids):
+    tag_uids = (line.card.tag_uid for line in lines if line.card and line.card.tag_uid)
+    with _key_table(session, tag_uids) as keys:
         for tag_uid, card_no in session.execute(
-            select(Card.tag_uid, Card.card_no).where(Card.tag_uid.in_(chunk))
+            select(Card.tag_uid, Card.card_no).join(keys, Card.tag_uid == keys.c.key)
         ):
             if tag_uid is not None:
                 existing.tags[tag_uid] = card_no
@@ -771,20 +794,14 @@ def _insert_then_ids(
     executemany is several times faster on psycopg, whose parsing of the big
     multi-row RETURNING statements dominated the PostgreSQL import.
     """
-    ids: dict[str, int] = {}
-    key_column = getattr(model, key)
+    if not rows:
+        return {}
     for chunk in _chunks(rows):
         session.execute(insert(model), list(chunk))
-        keys = [row[key] for row in chunk]
-        ids.update(
-            {
-                k: id_
-                for k, id_ in session.execute(
-                    select(key_column, model.id).where(key_column.in_(keys))
-                )
-            }
-        )
-    return ids
+    key_column = getattr(model, key)
+    with _key_table(session, (row[key] for row in rows)) as keys:
+        found = session.execute(select(key_column, model.id).join(keys, key_column == keys.c.key))
+        return {k: id_ for k, id_ in found}
 
 
 def _update_by_id(
