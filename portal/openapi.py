@@ -237,6 +237,33 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
+def extend(
+    *,
+    paths: dict[str, Any],
+    schemas: dict[str, Any] | None = None,
+    security_schemes: dict[str, Any] | None = None,
+) -> None:
+    """Add another module's path items and components (orders, kiosk API) to the document.
+
+    Adding the same thing again is harmless (apps are made more than once in tests);
+    a path or component name already used for something else is an error.
+    """
+    components = DOCUMENT["components"]
+    targets = [
+        (DOCUMENT["paths"], paths),
+        (components["schemas"], schemas or {}),
+        (components.setdefault("securitySchemes", {}), security_schemes or {}),
+    ]
+    for target, additions in targets:
+        for name, value in additions.items():
+            if name in target and target[name] != value:
+                raise ValueError(f"OpenAPI: {name} is documented already, differently")
+    for target, additions in targets:
+        target.update(copy.deepcopy(additions))
+    if not components["securitySchemes"]:
+        del components["securitySchemes"]
+
+
 def document() -> dict[str, Any]:
     """A copy of the document to serve (callers may not change the shared one by accident)."""
     return copy.deepcopy(DOCUMENT)

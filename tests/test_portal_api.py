@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from models import demo
 from models.orders import Credit, Order
 from models.quotes import find_meter
+from portal import openapi as openapi_module
 
 QUOTES = "/api/v1/quotes"
 
@@ -345,3 +347,28 @@ def test_the_request_schema_agrees_with_the_api(
     assert (status != 400) == valid
     if valid:
         assert status == 200
+
+
+def test_extend_adds_fragments_once_and_refuses_clashes(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openapi_module, "DOCUMENT", copy.deepcopy(openapi_module.DOCUMENT))
+    item = {"get": {"operationId": "getThing", "responses": {"200": {"description": "ok"}}}}
+    thing = {"type": "object"}
+    scheme = {"type": "oauth2", "flows": {}}
+    for _ in range(2):  # a second app adds the same again
+        openapi_module.extend(
+            paths={"/api/v1/things": item},
+            schemas={"Thing": thing},
+            security_schemes={"kiosk": scheme},
+        )
+    document = openapi(client)
+    assert document["paths"]["/api/v1/things"] == item
+    assert document["components"]["schemas"]["Thing"] == thing
+    assert document["components"]["securitySchemes"] == {"kiosk": scheme}
+    assert "/api/v1/quotes" in document["paths"]
+    with pytest.raises(ValueError, match="Quote"):
+        openapi_module.extend(paths={}, schemas={"Quote": {"type": "string"}})
+    with pytest.raises(ValueError, match="/api/v1/things"):
+        openapi_module.extend(paths={"/api/v1/things": {}})
+    assert openapi(client)["components"]["schemas"]["Quote"]["type"] == "object"
