@@ -173,8 +173,7 @@ def authenticate(tag: Any, password: bytes) -> None:
 
 def protected_from(tag: Any) -> int:
     """The card's AUTH0: the first page a write needs the password for (>= 135: none)."""
-    config = read_pages(tag, CFG0_PAGE, CFG0_PAGE, fast=False)
-    return config[3]
+    return read_pages(tag, CFG0_PAGE, CFG0_PAGE)[3]
 
 
 def write_pages(tag: Any, plan: Sequence[tuple[int, bytes]]) -> None:
@@ -225,7 +224,7 @@ def provision_card(tag: Any, image: bytes, password: bytes) -> WriteResult:
         authenticate(tag, password)
     result = write_image(tag, read_image(tag), image)
     if auth0 > LAST_IMAGE_PAGE:
-        config = bytearray(read_pages(tag, CFG0_PAGE, PACK_PAGE, fast=False))
+        config = bytearray(read_pages(tag, CFG0_PAGE, PACK_PAGE))
         config[4] &= 0x7F  # PROT off: anyone may read the card, only writes need the password
         config[3] = FIRST_PAGE
         # nfcpy's tag.protect() writes AUTH0 first: a tear right after it would lock the

@@ -458,6 +458,8 @@ class VirtualField:
         """Stop answering and close the socket."""
         self._running.clear()
         if self._thread is not None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
+                wake.sendto(b"STOP", (LOOPBACK, self.port))  # end the select at once
             self._thread.join()
             self._thread = None
         self._socket.close()
@@ -470,16 +472,15 @@ class VirtualField:
 
     def _serve(self) -> None:
         while self._running.is_set():
-            # a short select so stop() is noticed; the reader's own timeouts are 5 ms and up
-            if not select.select([self._socket], [], [], 0.05)[0]:
+            if not select.select([self._socket], [], [], 0.5)[0]:
                 continue
             try:
                 datagram, address = self._socket.recvfrom(2048)
+                answer = self._answer(datagram)
+                if answer is not None:
+                    self._socket.sendto(b"106A " + hexlify(answer), address)
             except OSError:
-                continue
-            answer = self._answer(datagram)
-            if answer is not None:
-                self._socket.sendto(b"106A " + hexlify(answer), address)
+                continue  # a reader that went away: the next datagram is another reader's
 
     def _answer(self, datagram: bytes) -> bytes | None:
         with self._lock:

@@ -65,6 +65,8 @@ def test_plain_udp_path_identifies_ntag215(field: VirtualField, card: VirtualNta
         assert isinstance(tag, nfc.tag.tt2_nxp.NTAG215)
         assert bytes(tag.identifier) == card.uid
         assert tag.product == "NXP NTAG215"
+        # why kiosk.cardio.open_reader exists: upstream's reader socket listens on all interfaces
+        assert reader.device.socket.getsockname()[0] == "0.0.0.0"  # noqa: S104
     finally:
         reader.close()
     # both cascade levels of a 7-byte UID: anticollision once, then select by UID
