@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -180,6 +182,47 @@ def test_a_quote_stores_nothing(client: FlaskClient, demo_db: Session) -> None:
         assert body["cycle_volume_before"] == 30000
     assert demo_db.scalar(select(func.count()).select_from(Order)) == 0
     assert demo_db.scalar(select(func.count()).select_from(Credit)) == 0
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+field_values = st.one_of(
+    json_values,
+    st.sampled_from(["10000001", "10000002", "10000004", "M100000011", "M100000021"]),
+    st.integers(-5, 100000),
+)
+bodies = st.one_of(
+    json_values,
+    st.dictionaries(
+        st.sampled_from(["account_no", "meter_no", "volume", "amount", "extra"]),
+        field_values,
+        max_size=5,
+    ),
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies)
+def test_no_body_makes_the_api_fail(client: FlaskClient, demo_db: Session, body: Any) -> None:
+    """Whatever JSON arrives, the answer is a quote or a JSON error, never a 500."""
+    response = client.post(QUOTES, json=body)
+    assert response.status_code in {200, 400, 404, 422}
+    payload = response.get_json()
+    if response.status_code == 200:
+        assert payload["amount"] == sum(part["amount"] for part in payload["parts"])
+        if isinstance(body, dict) and isinstance(body.get("amount"), int):
+            assert payload["amount"] <= body["amount"]
+    else:
+        assert set(payload["error"]) >= {"code", "message"}
 
 
 # --- the OpenAPI document ---------------------------------------------------------------
