@@ -194,12 +194,17 @@ def write_image(
 
     Only the changed pages are written, in :func:`cardfmt.plan_write` order; a
     plan that would overwrite the card's current slot raises ValueError before
-    any command. With ``password`` the tag is authenticated first.
+    any command. With ``password``, a protected card is authenticated first and
+    a card never protected yet gets the password after the verified write.
     """
     require_ntag215(tag)
     plan = plan_write(old, new)
+    protected = True
     if password is not None:
-        authenticate(tag, password)
+        _check_password(password)
+        protected = protected_from(tag) <= LAST_IMAGE_PAGE
+        if protected:
+            authenticate(tag, password)
     write_pages(tag, plan)
     try:
         image = read_image(tag, fast=fast)
@@ -207,37 +212,42 @@ def write_image(
         raise NotVerified(f"all {len(plan)} pages sent, read-back failed: {error}") from error
     if image != new:
         raise NotVerified(f"all {len(plan)} pages sent, but the card reads differently")
+    if not protected and password is not None:
+        protect_card(tag, password)
     return WriteResult(pages_written=len(plan), image=image)
+
+
+def protect_card(tag: Any, password: bytes) -> None:
+    """Set the card's 6-byte password and protect writes from the first image page on.
+
+    Written page by page in an order that never leaves AUTH0 set over an unknown
+    password: PACK, PWD, CFG1, and AUTH0 in CFG0 last. It takes effect from the
+    next activation (the chip latches its configuration then).
+    """
+    _check_password(password)
+    config = bytearray(read_pages(tag, CFG0_PAGE, PACK_PAGE))
+    config[4] &= 0x7F  # PROT off: anyone may read the card, only writes need the password
+    config[3] = FIRST_PAGE
+    # nfcpy's tag.protect() writes AUTH0 first: a tear right after it would lock the
+    # card under the factory password; AUTH0 last keeps every tear recoverable
+    write_pages(
+        tag,
+        [
+            (PACK_PAGE, password[4:6] + b"\x00\x00"),
+            (PWD_PAGE, password[0:4]),
+            (CFG1_PAGE, bytes(config[4:8])),
+            (CFG0_PAGE, bytes(config[0:4])),
+        ],
+    )
+    if protected_from(tag) != FIRST_PAGE:
+        raise NotVerified("AUTH0 did not read back as the first image page")
 
 
 def provision_card(tag: Any, image: bytes, password: bytes) -> WriteResult:
     """Issue a card: write the issue image (``cardfmt.issue_card``) and set its tag password.
 
-    A card already protected (a retried issue) must take the same password. The
-    password goes on last, page by page in an order that never leaves AUTH0 set
-    over an unknown password: PACK, PWD, CFG1, and AUTH0 in CFG0 last.
+    A card already protected (a retried issue) must take the same password; the
+    password goes on after the image, as :func:`protect_card` writes it.
     """
     require_ntag215(tag)
-    _check_password(password)
-    auth0 = protected_from(tag)
-    if auth0 <= LAST_IMAGE_PAGE:
-        authenticate(tag, password)
-    result = write_image(tag, read_image(tag), image)
-    if auth0 > LAST_IMAGE_PAGE:
-        config = bytearray(read_pages(tag, CFG0_PAGE, PACK_PAGE))
-        config[4] &= 0x7F  # PROT off: anyone may read the card, only writes need the password
-        config[3] = FIRST_PAGE
-        # nfcpy's tag.protect() writes AUTH0 first: a tear right after it would lock the
-        # card under the factory password; AUTH0 last keeps every tear recoverable
-        write_pages(
-            tag,
-            [
-                (PACK_PAGE, password[4:6] + b"\x00\x00"),
-                (PWD_PAGE, password[0:4]),
-                (CFG1_PAGE, bytes(config[4:8])),
-                (CFG0_PAGE, bytes(config[0:4])),
-            ],
-        )
-        if protected_from(tag) != FIRST_PAGE:
-            raise NotVerified("AUTH0 did not read back as the first image page")
-    return result
+    return write_image(tag, read_image(tag), image, password=password)

@@ -17,6 +17,7 @@ from kiosk.cardio import (
     NotNtag215,
     ReadFailed,
     WriteFailed,
+    authenticate,
     connect_tag,
     open_reader,
     protected_from,
@@ -160,7 +161,7 @@ def test_load_writes_changed_pages_only_and_reads_back(
     assert result.pages_written == len(FIRST_LOAD_PLAN) < 33
     assert field.stats.by_command["WRITE"] == len(FIRST_LOAD_PLAN)
     assert field.stats.by_command["PWD_AUTH"] == 1
-    assert field.stats.by_command["FAST_READ"] == 2  # the read-back: 2 x 63 pages
+    assert field.stats.by_command["FAST_READ"] == 1 + 2  # AUTH0, then 2 x 63 pages read back
     assert issued.user_memory == FIRST_LOAD
     image = cardfmt.decode(read_image(connect_tag(clf)), public_keys=PUBLIC_KEYS)
     assert (image.current.purchase_count, image.current.pending_volume) == (1, 2_500)
@@ -172,6 +173,23 @@ def test_full_rewrite_of_every_page_reads_back_equal(issued: VirtualNtag215, clf
     full = [(FIRST_PAGE + i, FIRST_LOAD[4 * i : 4 * i + 4]) for i in range(126)]
     write_pages(tag, full)
     assert read_image(tag) == FIRST_LOAD == read_image(tag, fast=False)
+
+
+def test_a_card_never_protected_gets_the_password_with_its_first_load(
+    card: VirtualNtag215, clf: Any, field: VirtualField
+) -> None:
+    tag = connect_tag(clf)
+    write_image(tag, read_image(tag), ISSUED)  # issued by a utility that set no password
+    assert protected_from(tag) > 129
+    field.stats.reset()
+    assert write_image(tag, ISSUED, FIRST_LOAD, password=PASSWORD).image == FIRST_LOAD
+    assert field.stats.by_command["PWD_AUTH"] == 0
+    tag = connect_tag(clf)
+    assert protected_from(tag) == FIRST_PAGE
+    with pytest.raises(AuthFailed):
+        authenticate(tag, b"guess!")
+    tag = connect_tag(clf)
+    authenticate(tag, PASSWORD)
 
 
 def test_wrong_password_is_refused_and_nothing_written(issued: VirtualNtag215, clf: Any) -> None:
