@@ -30,6 +30,8 @@ LIMITS: dict[str, tuple[str, str]] = {
     "second_factor": ("RATELIMIT_SECOND_FACTOR", "5 per 15 minutes"),
     # live quotes while typing, per client address
     "quote": ("RATELIMIT_QUOTE", "120 per minute"),
+    # orders placed from the buy page, per client address (each one calls a provider)
+    "order": ("RATELIMIT_ORDER", "10 per minute"),
 }
 
 _init_lock = threading.Lock()

@@ -54,6 +54,9 @@ bp = Blueprint("purchase", __name__)
 PAID_STATES = frozenset({OrderState.paid, OrderState.refunding, OrderState.refunded})
 #: orders still waiting for the provider
 PENDING_STATES = frozenset({OrderState.created, OrderState.paying})
+#: the result page stops polling this long after an unpaid order expired (a late notify
+#: still counts; the expiry job closes the order at the provider)
+POLL_GRACE = dt.timedelta(minutes=2)
 
 #: a quantity as residents type it: up to 7 digits and 2 decimals ("20", "20.5", "99.50")
 QUANTITY_RE = re.compile(r"([0-9]{1,7})(?:\.([0-9]{0,2}))?")
@@ -301,6 +304,9 @@ def _again(meter: Meter, summary: AccountSummary, form: BuyForm, status: int) ->
 @bp.post("/accounts/<account_no>/meters/<meter_no>/orders")
 def place_order(account_no: str, meter_no: str) -> Response:
     """Re-quote, create the order at the price shown and send the payer to the provider."""
+    client = limits.client_address()
+    if not limits.allow("order", client):
+        return too_many_requests("order", client)
     meter, summary = _meter_or_404(account_no, meter_no)
     form = _read_form(meter, request.form)
     if form.quote is None:
@@ -431,11 +437,14 @@ def kiosks_for(branch_id: int) -> list[Kiosk]:
 
 def _order_context(order: Order, summary: AccountSummary) -> dict[str, Any]:
     state = OrderState(order.state)
+    pending = state in PENDING_STATES
+    overdue = pending and order.expires_at is not None and utcnow() > order.expires_at + POLL_GRACE
     return {
         "order": order,
         "account": summary,
         "meter_no": order.meter.meter_no,
-        "pending": state in PENDING_STATES,
+        "pending": pending and not overdue,
+        "overdue": overdue,
         "paid": state in PAID_STATES,
         "kiosks": kiosks_for(summary.branch_id) if state in PAID_STATES else [],
         "parts": order.quote.get("parts", []) if isinstance(order.quote, dict) else [],

@@ -97,6 +97,13 @@ def test_lookup_offers_the_second_factor_and_buying(client: FlaskClient, demo_db
     form = client.get(f"/accounts/{ACCOUNT}/verify", headers=HX).get_data(as_text=True)
     assert 'name="last_four"' in form and 'name="csrf_token"' in form
     assert f'hx-post="/accounts/{ACCOUNT}/verify"' in form
+    assert "<html" not in form
+    # without JavaScript: the whole page with the field open, posting to the same place
+    page = client.get(f"/accounts/{ACCOUNT}/verify").get_data(as_text=True)
+    assert "<html" in page and 'name="last_four"' in page
+    assert f'action="/accounts/{ACCOUNT}/verify" method="post"' not in page  # attribute order
+    assert f'method="post" action="/accounts/{ACCOUNT}/verify"' in page
+    assert client.get("/accounts/99999999/verify").status_code == 404
 
 
 def test_right_second_factor_shows_details_for_this_browser(
@@ -264,8 +271,8 @@ def test_buy_page_shows_the_tier_split(
     html = client.get(BUY, query_string={"by": "volume", "quantity": "100"}).get_data(as_text=True)
     assert "<html" in html
     # 300 m³ bought before: 50 m³ left in tier 1 at 2.61, then 50 m³ at 2.83
-    assert re.search(r"第1档</td><td>50 m³</td>\s*<td>2.61 元/m³</td><td>¥130.50</td>", html)
-    assert re.search(r"第2档</td><td>50 m³</td>\s*<td>2.83 元/m³</td><td>¥141.50</td>", html)
+    assert re.search(r"第1档</td><td>50 m³</td>\s*<td>2.61</td><td>¥130.50</td>", html)
+    assert re.search(r"第2档</td><td>50 m³</td>\s*<td>2.83</td><td>¥141.50</td>", html)
     assert '<td class="total">¥272.00</td>' in html
     assert '<input type="hidden" name="quoted_amount" value="27200">' in html
     assert '<input type="hidden" name="quoted_volume" value="10000">' in html
@@ -325,6 +332,23 @@ def test_over_capacity_in_english(
     assert "This meter can take at most 30 m³ more now" in html
 
 
+def test_live_quotes_and_orders_are_limited_per_client(
+    app: Flask, client: FlaskClient, demo_db: Session, fakes: dict[str, FakeProvider]
+) -> None:
+    app.config["RATELIMIT_QUOTE"] = "2 per minute"
+    app.config["RATELIMIT_ORDER"] = "1 per minute"
+    for _ in range(2):
+        assert client.get(BUY, query_string={"quantity": "1"}, headers=HX).status_code == 200
+    limited = client.get(BUY, query_string={"quantity": "1"}, headers=HX)
+    assert limited.status_code == 429
+    assert "操作太频繁" in limited.get_data(as_text=True)
+    assert "<html" not in limited.get_data(as_text=True)
+    assert confirm(client).status_code == 303
+    again = confirm(client)
+    assert again.status_code == 429 and "<html" in again.get_data(as_text=True)
+    assert count(demo_db, Order) == 1
+
+
 def test_unknown_meter_is_404(client: FlaskClient, demo_db: Session) -> None:
     assert client.get(f"/accounts/{ACCOUNT}/meters/M100000021/buy").status_code == 404
     assert client.get("/accounts/99999999/meters/M1/buy").status_code == 404
@@ -334,7 +358,7 @@ def test_buy_page_in_english(
     client: FlaskClient, demo_db: Session, fakes: dict[str, FakeProvider]
 ) -> None:
     html = client.get(BUY, query_string={"quantity": "100", "lang": "en"}).get_data(as_text=True)
-    assert "Tier 1" in html and "2.61 yuan/m³" in html and "Confirm and pay" in html
+    assert "Tier 1" in html and "Price (yuan/m³)" in html and "Confirm and pay" in html
     assert "确认并付款" not in html
 
 
@@ -528,6 +552,22 @@ def test_closed_order_says_so(
     html = client.get(f"/orders/{order.order_no}", headers=HX).get_data(as_text=True)
     assert "订单已关闭" in html and "没有扣款" in html and "hx-trigger" not in html
     assert client.get(f"/orders/{order.order_no}/receipt").status_code == 404
+
+
+def test_result_page_stops_waiting_after_expiry(
+    client: FlaskClient, demo_db: Session, fakes: dict[str, FakeProvider]
+) -> None:
+    confirm(client)
+    order = demo_db.scalars(select(Order)).one()
+    assert order.expires_at is not None
+    order.expires_at = order.expires_at - dt.timedelta(minutes=20)
+    demo_db.flush()
+    html = client.get(f"/orders/{order.order_no}").get_data(as_text=True)
+    assert "订单已超时" in html and "不会扣款" in html
+    assert "hx-trigger" not in html and 'http-equiv="refresh"' not in html
+    # a late notify still counts
+    notify(client, order)
+    assert "付款成功" in client.get(f"/orders/{order.order_no}").get_data(as_text=True)
 
 
 def test_unknown_order_is_404(client: FlaskClient, demo_db: Session) -> None:
