@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Any
 
-from flask import Response, current_app, jsonify, request, url_for
+from flask import Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -24,7 +24,7 @@ from models.orders import Order
 from models.quotes import find_meter, quote
 from models.states import OrderState
 from models.tariffs import Tariff
-from payments.base import PaymentRequest, PaymentStart, PayScene
+from payments.base import PaymentStart, PayScene
 from portal import db
 from portal.api import (
     Malformed,
@@ -34,8 +34,8 @@ from portal.api import (
     request_json,
     status_for,
 )
-from portal.callbacks import PROVIDER_PATHS, providers
-from portal.purchase import payment_subject
+from portal.callbacks import providers
+from portal.purchase import payment_request
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +145,7 @@ def _payment_json(start: PaymentStart) -> dict[str, Any]:
 
 def _start(order: Order, scene: PayScene) -> PaymentStart:
     """Start paying at the order's provider; :class:`ProviderFailed` if it cannot."""
-    path = next(p for p, name in PROVIDER_PATHS.items() if name == order.channel)
-    payment = PaymentRequest(
-        order_no=order.order_no,
-        amount=order.amount,
-        subject=payment_subject(order.account.account_no, order.volume),
-        scene=scene,
-        notify_url=url_for("callbacks.notify", path=path, _external=True),
-        return_url=url_for("public.purchase.order_result", order_no=order.order_no, _external=True),
-        expires_at=order.expires_at,
-        client_ip=request.remote_addr or "127.0.0.1",
-    )
+    payment = payment_request(order, scene)
     try:
         return providers()[order.channel].create_payment(payment)
     except Exception as error:  # any adapter failure: the order stays, the expiry job closes it

@@ -293,7 +293,7 @@ def _tariff_id(quoted: Quote) -> int:
 
 def _quoted(values: Any, name: str) -> int | None:
     raw = str(values.get(name, ""))
-    return int(raw) if raw.isdigit() and len(raw) < 12 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 12 else None
 
 
 def _again(meter: Meter, summary: AccountSummary, form: BuyForm, status: int) -> Response:
@@ -357,7 +357,7 @@ def place_order(account_no: str, meter_no: str) -> Response:
         return make_response(
             redirect(url_for("public.purchase.order_result", order_no=order.order_no), 303)
         )
-    return start_payment(order, option.scene, account_no=account_no, form=form, summary=summary)
+    return start_payment(order, option.scene, form=form, summary=summary)
 
 
 def payment_subject(account_no: str, volume: int) -> str:
@@ -366,22 +366,27 @@ def payment_subject(account_no: str, volume: int) -> str:
     return f"燃气费 户号{account_no} {whole}.{hundredths:02d} m³"
 
 
-def start_payment(
-    order: Order, scene: PayScene, *, account_no: str, form: BuyForm, summary: AccountSummary
-) -> Response:
-    """Ask the provider to start paying; redirect the payer there, or say it failed."""
-    provider = providers()[order.channel]
+def payment_request(order: Order, scene: PayScene) -> PaymentRequest:
+    """What the provider needs to start paying for ``order`` from this request's device."""
     path = next(p for p, name in PROVIDER_PATHS.items() if name == order.channel)
-    payment = PaymentRequest(
+    return PaymentRequest(
         order_no=order.order_no,
         amount=order.amount,
-        subject=payment_subject(account_no, order.volume),
+        subject=payment_subject(order.account.account_no, order.volume),
         scene=scene,
         notify_url=url_for("callbacks.notify", path=path, _external=True),
         return_url=url_for("public.purchase.order_result", order_no=order.order_no, _external=True),
         expires_at=order.expires_at,
         client_ip=request.remote_addr or "127.0.0.1",
     )
+
+
+def start_payment(
+    order: Order, scene: PayScene, *, form: BuyForm, summary: AccountSummary
+) -> Response:
+    """Ask the provider to start paying; redirect the payer there, or say it failed."""
+    provider = providers()[order.channel]
+    payment = payment_request(order, scene)
     try:
         start = provider.create_payment(payment)
     except Exception:  # any adapter failure: the order stays created, the expiry job closes it

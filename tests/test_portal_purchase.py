@@ -20,6 +20,7 @@ from models import demo
 from models.accounts import Meter
 from models.orders import Credit, Order
 from payments.base import PaymentError, PaymentRequest, PaymentStart, PayScene
+from portal import limits
 from portal.purchase import parse_quantity, payment_options
 from tests.fake_provider import FakeProvider, sign
 
@@ -462,6 +463,8 @@ def test_a_changed_price_is_shown_again_not_charged(
 ) -> None:
     response = confirm(client, quoted_amount="26100")  # what the page showed earlier
     assert response.status_code == 409
+    # a quoted figure that is not a number is no confirmation either
+    assert confirm(client, quoted_amount="²⁷²⁰⁰").status_code == 200
     html = response.get_data(as_text=True)
     assert "价格有变化" in html
     assert '<input type="hidden" name="quoted_amount" value="27200">' in html
@@ -648,3 +651,17 @@ def test_every_new_message_is_translated() -> None:
     assert "请输入购气量或金额。" in msgids and "购气电子凭证" in msgids
     missing = [m for m in msgids if not (catalog.get(m) and catalog[m].string)]
     assert missing == []
+
+
+def test_limits_share_the_flask_limiter_storage(
+    app: Flask, client: FlaskClient, demo_db: Session
+) -> None:
+    """Made by init_app (as create_app will), the counts live in Flask-Limiter's storage."""
+    limiter = limits.init_app(app)
+    app.config["RATELIMIT_LOOKUP"] = "2 per minute"
+    for _ in range(2):
+        assert client.get(f"/accounts/lookup?account_no={ACCOUNT}").status_code == 200
+    assert client.get(f"/accounts/lookup?account_no={ACCOUNT}").status_code == 429
+    assert app.extensions["ranqi_rate_limiter"] is limiter.limiter
+    limiter.reset()
+    assert client.get(f"/accounts/lookup?account_no={ACCOUNT}").status_code == 200
