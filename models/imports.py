@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 #: 0.01 m³ units per m³
 M3 = 100
-#: keys per ``IN (...)`` look-up: a few queries per table, well under SQLite's parameter cap
+#: rows per executemany batch (bounds the memory a statement holds at once)
 CHUNK = 5000
 #: the largest 0.01 m³ value an INTEGER column holds on PostgreSQL
 MAX_VOLUME = 2**31 - 1
