@@ -13,7 +13,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from models.accounts import Account, Meter
+from models.accounts import Account, Meter, MeterReport
 from models.clock import cycle_start, local_date
 from models.errors import QuoteError
 from models.orders import Credit, Order
@@ -72,6 +72,10 @@ class MeterState:
     #: gas left at the last report carried back by the card, 0.01 m³
     last_remaining: int | None
     last_report_at: dt.datetime | None
+    #: the valve at the last report (None: no report yet); closed means no gas flows
+    valve_open: bool | None = None
+    #: alarms at the last report: "leak", "low_battery", "tamper"
+    alarms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,12 @@ def meter_state(session: Session, meter: Meter) -> MeterState:
             Credit.meter_id == meter.id, Credit.state == CreditState.awaiting_load.value
         )
     ).one()
+    report = session.scalar(
+        select(MeterReport)
+        .where(MeterReport.meter_id == meter.id)
+        .order_by(MeterReport.reported_at.desc(), MeterReport.id.desc())
+        .limit(1)
+    )
     return MeterState(
         meter_no=meter.meter_no,
         kind=meter.kind,
@@ -163,6 +173,8 @@ def meter_state(session: Session, meter: Meter) -> MeterState:
         awaiting_load_count=int(waiting_count),
         last_remaining=meter.last_remaining,
         last_report_at=meter.last_report_at,
+        valve_open=report.valve_open if report is not None else None,
+        alarms=tuple(a for a in report.alarms.split(",") if a) if report is not None else (),
     )
 
 

@@ -197,3 +197,13 @@ def credit_state_label(state: str | None) -> str:
         "refunded": gettext("已退款"),
     }
     return str(labels.get(state or "", ""))
+
+
+def alarm_label(alarm: str) -> str:
+    """A meter alarm as reported on the card, in the reader's language."""
+    labels = {
+        "leak": gettext("燃气泄漏"),
+        "low_battery": gettext("电池电量低"),
+        "tamper": gettext("表具被拆动"),
+    }
+    return str(labels.get(alarm, alarm))

@@ -77,6 +77,7 @@ def _register_filters(state: BlueprintSetupState) -> None:
         channel=fmt.channel_label,
         order_state=fmt.order_state_label,
         credit_state=fmt.credit_state_label,
+        alarm=fmt.alarm_label,
     )
     state.app.jinja_env.globals.update(csrf_token=csrf.csrf_token)
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from models.accounts import MeterReport
 from models.base import utcnow
 from models.history import account_details, cycle_standing, meter_state, purchases
 from models.lookup import normalise_last_four, second_factor_matches
@@ -151,3 +152,28 @@ def test_second_factor(db: Session) -> None:
     assert normalise_last_four("123") is None
     assert normalise_last_four("12345") is None
     assert normalise_last_four("12a4") is None
+
+
+def test_meter_state_carries_the_last_reports_valve_and_alarms(db: Session) -> None:
+    meter = gen_account(db).meters[0]
+    assert meter_state(db, meter).valve_open is None
+    now = utcnow()
+    for seq, (valve, alarms, at) in enumerate(
+        [(True, "", now - dt.timedelta(days=1)), (False, "leak,low_battery", now)], start=1
+    ):
+        db.add(
+            MeterReport(
+                meter_id=meter.id,
+                report_seq=seq,
+                applied_count=1,
+                remaining=0,
+                total_used=100,
+                total_purchased=100,
+                valve_open=valve,
+                alarms=alarms,
+                reported_at=at,
+            )
+        )
+    db.flush()
+    state = meter_state(db, meter)
+    assert state.valve_open is False and state.alarms == ("leak", "low_battery")

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import demo
-from models.accounts import Meter
+from models.accounts import Meter, MeterReport
 from models.orders import Credit, Order
 from payments.base import PaymentError, PaymentRequest, PaymentStart, PayScene
 from portal import limits
@@ -629,6 +629,34 @@ def test_verified_page_shows_purchases_and_gas_waiting(
     assert f'href="/orders/{order.order_no}/receipt"' in html
     assert "已付款" in html and "待圈存" in html
     assert count(demo_db, Credit) == 1
+
+
+def test_verified_page_warns_of_a_closed_valve_and_alarms(
+    client: FlaskClient, demo_db: Session
+) -> None:
+    meter = demo_db.scalar(select(Meter).where(Meter.meter_no == METER))
+    assert meter is not None
+    demo_db.add(
+        MeterReport(
+            meter_id=meter.id,
+            report_seq=1,
+            applied_count=0,
+            remaining=0,
+            total_used=0,
+            total_purchased=0,
+            valve_open=False,
+            alarms="leak",
+            reported_at=dt.datetime.now(dt.UTC),
+        )
+    )
+    demo_db.flush()
+    assert "燃气泄漏" not in client.get(f"/accounts/lookup?account_no={ACCOUNT}").get_data(
+        as_text=True
+    )
+    verify(client, LAST_FOUR)
+    html = client.get(f"/accounts/lookup?account_no={ACCOUNT}&lang=en").get_data(as_text=True)
+    assert "Closed (no gas left, or locked)" in html
+    assert '<dd class="alarm">gas leak' in html and "Close the gas valve now" in html
 
 
 def test_every_new_message_is_translated() -> None:
