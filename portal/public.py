@@ -258,6 +258,12 @@ def _lookup_limited(raw: str, client: str) -> Response:
     return no_store(response)
 
 
+def _find_by_path(raw: str) -> AccountSummary | None:
+    """The account a URL names, its 户号 normalised as the look-up form does."""
+    account_no = normalise_account_no(raw)
+    return find_account(session(), account_no) if account_no else None
+
+
 @bp.get("/accounts/<account_no>/verify")
 def second_factor(account_no: str) -> Response:
     """The account with the second-factor field open: htmx gets the account block."""
@@ -265,7 +271,7 @@ def second_factor(account_no: str) -> Response:
     if not limits.allow("lookup", client):
         seconds = limits.retry_after("lookup", client)
         return message_page(rate_limit_message(seconds), 429, retry_after=seconds)
-    account = find_account(session(), account_no) if normalise_account_no(account_no) else None
+    account = _find_by_path(account_no)
     if account is None:
         return message_page(str(gettext("未找到该户号，请核对后重新输入。")), 404)
     context = _account_context(account, ask_second_factor=True)
@@ -291,7 +297,7 @@ def verify(account_no: str) -> Response:
     if not limits.allow("lookup", client):
         seconds = limits.retry_after("lookup", client)
         return message_page(rate_limit_message(seconds), 429, retry_after=seconds)
-    account = find_account(session(), account_no) if normalise_account_no(account_no) else None
+    account = _find_by_path(account_no)
     if account is None:
         return message_page(str(gettext("未找到该户号，请核对后重新输入。")), 404)
     problem, status = "", 200

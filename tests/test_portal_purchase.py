@@ -159,6 +159,7 @@ def test_wrong_second_factor_says_so_and_shows_nothing(
 
 def test_full_width_digits_are_accepted(client: FlaskClient, demo_db: Session) -> None:
     assert verify(client, "１００１").status_code == 303
+    assert verify(client, LAST_FOUR, account="１０００-0001").status_code == 303
 
 
 def test_second_factor_attempts_are_limited_per_account(
