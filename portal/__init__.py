@@ -40,13 +40,30 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     Babel(app, locale_selector=select_locale, default_translation_directories="translations")
 
-    from portal import api, callbacks, cli, kiosk_api, kiosk_auth, providers, public
+    from portal import (
+        api,
+        api_orders,
+        callbacks,
+        cli,
+        kiosk_api,
+        kiosk_auth,
+        limits,
+        openapi,
+        providers,
+        public,
+    )
 
-    app.register_blueprint(public.bp)
-    app.register_blueprint(api.bp)
+    limits.init_app(app)
+    app.register_blueprint(public.bp)  # with the purchase flow nested in it
+    app.register_blueprint(api.bp)  # api_orders adds the order routes to it
     app.register_blueprint(callbacks.bp)
     providers.init_app(app)
     kiosk_auth.init_app(app)
     app.register_blueprint(kiosk_api.bp)
+    openapi.extend(paths=api_orders.ORDERS_OPENAPI_PATHS)
+    openapi.extend(
+        paths=kiosk_api.KIOSK_OPENAPI_PATHS,
+        security_schemes=kiosk_api.KIOSK_OPENAPI_SECURITY_SCHEMES,
+    )
     cli.init_app(app)
     return app

@@ -296,7 +296,7 @@ def test_every_api_route_is_documented(app: Flask, client: FlaskClient) -> None:
     assert document["openapi"] == "3.1.0"
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.rule.startswith("/api/"):
+        if rule.rule.startswith(("/api/", "/kiosk/api/")):
             path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             for method in rule.methods or ():
                 if method not in {"HEAD", "OPTIONS"}:
@@ -304,6 +304,8 @@ def test_every_api_route_is_documented(app: Flask, client: FlaskClient) -> None:
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
     assert routes == documented
     assert ("/api/v1/quotes", "post") in routes
+    assert ("/api/v1/orders", "post") in routes
+    assert ("/kiosk/api/v1/sync", "post") in routes
 
 
 def test_every_reference_resolves_and_every_operation_answers(client: FlaskClient) -> None:
@@ -403,12 +405,12 @@ def test_extend_adds_fragments_once_and_refuses_clashes(
         openapi_module.extend(
             paths={"/api/v1/things": item},
             schemas={"Thing": thing},
-            security_schemes={"kiosk": scheme},
+            security_schemes={"thing_auth": scheme},
         )
     document = openapi(client)
     assert document["paths"]["/api/v1/things"] == item
     assert document["components"]["schemas"]["Thing"] == thing
-    assert document["components"]["securitySchemes"] == {"kiosk": scheme}
+    assert document["components"]["securitySchemes"]["thing_auth"] == scheme
     assert "/api/v1/quotes" in document["paths"]
     with pytest.raises(ValueError, match="Quote"):
         openapi_module.extend(paths={}, schemas={"Quote": {"type": "string"}})
