@@ -46,6 +46,26 @@ class Config:
         self.SANDBOX_TIME_SCALE = float(_env("RANQI_SANDBOX_TIME_SCALE", "1"))
         #: lifetime of a kiosk's OAuth2 access token
         self.KIOSK_TOKEN_SECONDS = int(_env("RANQI_KIOSK_TOKEN_SECONDS", "300"))
+        #: how long another kiosk's outstanding card write counts as in progress
+        self.KIOSK_WRITE_HOLD_SECONDS = int(_env("RANQI_KIOSK_WRITE_HOLD_SECONDS", "30"))
+        #: card keys (README: "Card keys"); unset: generated under the instance folder in
+        #: development and testing, refused in production
+        self.CARD_SIGNING_KEY_FILES = os.environ.get("RANQI_CARD_SIGNING_KEY_FILES") or None
+        self.CARD_SIGNING_KEY_VERSION = os.environ.get("RANQI_CARD_SIGNING_KEY_VERSION") or None
+        self.CARD_METER_MASTER_KEY_FILE = os.environ.get("RANQI_CARD_METER_MASTER_KEY_FILE") or None
+        self.CARD_TAG_MASTER_KEY_FILE = os.environ.get("RANQI_CARD_TAG_MASTER_KEY_FILE") or None
+        #: rate limits (Flask-Limiter): storage, and the limits themselves
+        self.RATELIMIT_STORAGE_URI = _env("RANQI_RATELIMIT_STORAGE_URI", "memory://")
+        self.RATELIMIT_LOOKUP = _env("RANQI_RATELIMIT_LOOKUP", "30 per minute")
+        self.RATELIMIT_SECOND_FACTOR = _env("RANQI_RATELIMIT_SECOND_FACTOR", "5 per 15 minutes")
+        self.RATELIMIT_QUOTE = _env("RANQI_RATELIMIT_QUOTE", "120 per minute")
+        self.RATELIMIT_ORDER = _env("RANQI_RATELIMIT_ORDER", "10 per minute")
+        #: how long a browser stays verified after the second factor
+        self.SECOND_FACTOR_SECONDS = int(_env("RANQI_SECOND_FACTOR_SECONDS", "1800"))
+        #: number of reverse proxies in front of the app whose X-Forwarded-* to trust
+        self.PROXY_COUNT = int(_env("RANQI_PROXY_COUNT", "0"))
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_HTTPONLY = True
         #: run the jobs in a thread of the web process every N seconds (0: don't)
         self.JOBS_INPROCESS_SECONDS = float(_env("RANQI_JOBS_INPROCESS_SECONDS", "0"))
 
@@ -65,6 +85,7 @@ class Config:
                 key_file.write_text(secrets.token_hex(32))
                 key_file.chmod(0o600)
             self.SECRET_KEY = key_file.read_text().strip()
+        self.SESSION_COOKIE_SECURE = self.PUBLIC_URL.startswith("https://")
         if not self.PAYMENTS:
             self.PAYMENTS = {"development": "sandbox", "production": "live"}.get(
                 self.RANQI_ENV, "none"
