@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ HTMX_PATH = Path(__file__).resolve().parent.parent / "static" / "vendor" / "htmx
 VOLUME_PRESETS = (1000, 2000, 5000, 10000)
 AMOUNT_PRESETS = (5000, 10000, 20000)
 CHANNELS = ("alipay", "wechat")
+#: seconds a tap result stays on the screen before "请刷卡" comes back
+RESULT_SECONDS = 60.0
 
 #: the screen's texts: key → (Chinese, English)
 TEXTS: dict[str, tuple[str, str]] = {
@@ -196,12 +199,15 @@ class Screen:
         #: the last card the server knew (account and meter): what "Buy gas here" sells for
         self.card: TapOutcome | None = None
         self.orders: dict[str, WalkUpOrder] = {}
+        #: when the latest tap was recorded (time.monotonic)
+        self.recorded_at = 0.0
 
     def record(self, outcome: TapOutcome) -> int:
         """Show a new tap result; returns its number."""
         with self._lock:
             self.seq += 1
             self.last = outcome
+            self.recorded_at = time.monotonic()
             if outcome.card_no:
                 self.card = outcome
             return self.seq
@@ -483,7 +489,18 @@ def screen() -> Response:
 def screen_next() -> Response:
     """A result screen's poll: 204 until a newer tap arrives, then that tap's screen."""
     since = request.args.get("since", 0, type=int)
-    seq, outcome = _ui().screen.latest()
+    screen = _ui().screen
+    seq, outcome = screen.latest()
+    if seq <= since and time.monotonic() - screen.recorded_at > RESULT_SECONDS:
+        # the resident has gone: back to "请刷卡" for the next one
+        return _page_or_partial(
+            "tap.html",
+            "_tap_screen.html",
+            seq=seq,
+            since=seq,
+            outcome=None,
+            **_outcome_values(None),
+        )
     if seq <= since or outcome is None:
         return Response(status=204)
     return _page_or_partial(

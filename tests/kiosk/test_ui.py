@@ -129,6 +129,10 @@ def test_waiting_partial_polls_itself_until_a_tap(ui: Flask) -> None:
     show(ui, TapOutcome(Outcome.OFFLINE))
     newer = client.get(f"/screen/next?since={seq}", headers={"HX-Request": "true"})
     assert newer.status_code == 200 and "无法连接" in newer.get_data(as_text=True)
+    # a result left alone goes back to "请刷卡" after a while
+    ui_context(ui).screen.recorded_at -= 61
+    idle = client.get(f"/screen/next?since={seq + 1}", headers={"HX-Request": "true"})
+    assert idle.status_code == 200 and "请刷卡" in idle.get_data(as_text=True)
     # "tap another card" waits for a tap newer than the one shown
     again = client.get(f"/?since={seq + 1}").get_data(as_text=True)
     assert "请刷卡" in again
@@ -216,3 +220,9 @@ def test_load_receipt_printed_after_a_load(tmp_path: Path) -> None:
     out = path.read_bytes()
     assert out.count(b"Gas loaded onto card") == 1  # nothing printed for an up-to-date tap
     assert b"25.00 m3" in out and b"Kiosk 7" in out and b"C100000011" in out
+
+
+def test_ranqi_kiosk_has_the_ui_command() -> None:
+    from kiosk.__main__ import commands
+
+    assert "ui" in commands()
