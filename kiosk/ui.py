@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 import segno
 from flask import (
     Blueprint,
@@ -49,6 +50,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from kiosk import receipt
 from kiosk.client import (
+    API_PREFIX,
+    CONNECT_TIMEOUT,
     Kiosk,
     KioskApiError,
     KioskClient,
@@ -141,6 +144,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "wechat": ("微信支付", "WeChat Pay"),
     "wechat_v2": ("微信支付", "WeChat Pay"),
     "cancel": ("返回", "Back"),
+    "confirm_pay": ("确认，显示付款码", "Confirm and show the QR code"),
     "scan": ("请用手机扫码付款", "Scan with your phone to pay"),
     "open_link": ("演示：打开收银台并点支付", "Demo: open the cashier and press Pay"),
     "amount": ("金额", "Amount"),
@@ -219,7 +223,24 @@ class Screen:
 
 
 class SellingClient(KioskClient):
-    """The kiosk API client with the walk-up order calls (``/orders``)."""
+    """The kiosk API client with the walk-up calls: a quote, then the order (``/orders``)."""
+
+    def quote(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/quotes`` (the public quote the residents' pages use): tiers, amount."""
+        # the same server, outside the kiosk API (no token needed)
+        url = self.base.removesuffix(API_PREFIX) + "/api/v1/quotes"
+        try:
+            response = self._session().post(
+                url, json=body, timeout=(CONNECT_TIMEOUT, self.timeout), allow_redirects=False
+            )
+        except requests.RequestException as error:
+            raise ServerUnreachable(f"the server cannot be reached ({type(error).__name__})") from (
+                error
+            )
+        if response.status_code == 200:
+            return _json(response)
+        _raise_for_error(response)
+        raise AssertionError("unreachable")  # pragma: no cover - 200 returned above
 
     def create_order(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """``POST /orders``: the order, its quote and the QR code's content."""
@@ -547,7 +568,33 @@ def buy_form() -> Response | str:
         volumes=VOLUME_PRESETS,
         amounts=AMOUNT_PRESETS,
         channels=CHANNELS,
-        key=uuid.uuid4().hex,
+    )
+
+
+@bp.get("/buy/quote")
+def buy_quote() -> BaseResponse | str | tuple[str, int]:
+    """The server's quote for the chosen volume or amount; confirm to get the QR code."""
+    context = _ui()
+    card = context.screen.card
+    if card is None or context.client is None:
+        return _render("message.html", title_key="tap_first", detail=""), 409
+    channel = request.args.get("channel", "")
+    body: dict[str, Any] = {"account_no": card.account_no, "meter_no": card.meter_no}
+    for name in ("volume", "amount"):
+        value = request.args.get(name, "")
+        if value.isdigit():
+            body[name] = int(value)
+    if channel not in CHANNELS:
+        return _render("message.html", title_key="order_failed", detail=channel), 400
+    try:
+        quoted = context.client.quote(body)
+    except ServerUnreachable:
+        return _render("message.html", title_key="offline", detail=""), 503
+    except KioskApiError as error:
+        return _render("message.html", title_key="order_failed", detail=error.message), 422
+    chosen = {k: v for k, v in body.items() if k in ("volume", "amount")}
+    return _render(
+        "quote.html", card=card, quote=quoted, channel=channel, chosen=chosen, key=uuid.uuid4().hex
     )
 
 

@@ -110,9 +110,16 @@ def test_the_whole_loop(running: Demo, portal: tuple[Flask, str], tmp_path: Path
 
     # 2. buy 10 m³ at the kiosk: a QR code for the sandbox cashier; press Pay there
     form = ui.get("/buy").get_data(as_text=True)
-    key = re.search(r'name="key" value="([0-9a-f]+)"', form)
+    assert 'action="/buy/quote"' in form
+    quoted = ui.get("/buy/quote?channel=alipay&volume=1000&lang=en").get_data(as_text=True)
+    assert "Tier 1" in quoted and "10.00 m³" in quoted and "26.10" in quoted
+    key = re.search(r'name="key" value="([0-9a-f]+)"', quoted)
     assert key is not None
+    refused = ui.get("/buy/quote?channel=alipay&volume=9000000").get_data(as_text=True)
+    assert "无法下单" in refused
     bought = ui.post("/buy", data={"channel": "alipay", "volume": "1000", "key": key.group(1)})
+    again = ui.post("/buy", data={"channel": "alipay", "volume": "1000", "key": key.group(1)})
+    assert again.headers["Location"] == bought.headers["Location"]  # a double press: one order
     assert bought.status_code == 302, bought.get_data(as_text=True)
     pay_page = ui.get(bought.headers["Location"]).get_data(as_text=True)
     assert "<svg" in pay_page
