@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from escpos import printer as escpos_printer  # type: ignore[import-untyped]
-
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 WIDTH = 32  #: characters per line on a 58 mm roll
 
@@ -97,6 +95,10 @@ def open_printer(config: str) -> Any | None:
     kind, _, rest = config.strip().partition(":")
     if not kind:
         return None
+    # imported here, after the program set up logging: escpos calls logging.basicConfig()
+    # at import, which would silently win over the kiosk's own logging set-up
+    from escpos import printer as escpos_printer  # type: ignore[import-untyped]
+
     if kind == "dummy":
         return escpos_printer.Dummy()
     if kind == "file" and rest:
