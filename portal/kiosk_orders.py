@@ -33,7 +33,7 @@ from models.quotes import find_meter, quote
 from models.states import CardState, OrderState
 from models.tariffs import Tariff
 from payments.base import PayScene
-from portal import db
+from portal import db, openapi
 from portal.api import Malformed, error_response, parse_quote_request, request_json, status_for
 from portal.api_orders import (
     IDEMPOTENCY_KEY,
@@ -344,3 +344,8 @@ KIOSK_ORDERS_OPENAPI_PATHS: dict[str, Any] = {
         }
     },
 }
+
+# The routes above join the kiosk blueprint when this module is imported; document them
+# at the same moment, so that no app ever serves them undocumented (create_app's own
+# extend() with the same paths is harmless: extend is idempotent).
+openapi.extend(paths=KIOSK_ORDERS_OPENAPI_PATHS)
