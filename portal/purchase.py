@@ -4,6 +4,10 @@ the result page that waits for the provider's notify, and the e-receipt.
 Anyone may pay for an account (people pay for their parents): no second factor here, and
 nothing personal beyond the masked holder. The price charged is the price shown: the form
 carries the quoted amount, and a fresh quote that differs is shown again, never charged.
+
+Inside WeChat, WeChat Pay starts by JSAPI when the app can get the payer's openid
+(:mod:`portal.wechat_oauth`): the order goes to its WeChat pay page, which asks WeChat's
+web OAuth for the openid once per browser session, prepays, and calls WeixinJSBridge.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ from models.staff import Kiosk
 from models.states import OrderState
 from models.tariffs import Tariff
 from payments.base import PaymentRequest, PayScene
-from portal import db, limits
+from portal import db, limits, wechat_oauth
 from portal import format as fmt
 from portal.callbacks import PROVIDER_PATHS, providers
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("purchase", __name__)
+# sandbox mode: WeChat's OAuth and WeixinJSBridge stand-in at /sandbox/weixin (JSAPI)
+bp.record_once(wechat_oauth.mount_sandbox)
 
 #: orders whose money has arrived (a receipt exists for them)
 PAID_STATES = frozenset({OrderState.paid, OrderState.refunding, OrderState.refunded})
@@ -118,17 +124,19 @@ class PaymentOption:
     scene: PayScene
 
 
-def payment_options(user_agent: str, registered: set[str] | frozenset[str]) -> list[PaymentOption]:
+def payment_options(
+    user_agent: str, registered: set[str] | frozenset[str], *, jsapi: bool = False
+) -> list[PaymentOption]:
     """The ways to pay that fit where the page is open, among the registered providers.
 
-    Inside Alipay: Alipay (WAP). Inside WeChat: WeChat Pay; JSAPI needs the payer's
-    openid from WeChat's web OAuth, which we do not have yet, so H5 for now. Elsewhere:
-    Alipay (WAP) and WeChat Pay (H5).
+    Inside Alipay: Alipay (WAP). Inside WeChat: WeChat Pay by JSAPI when ``jsapi`` (this
+    app can get the payer's openid by WeChat's web OAuth: :mod:`portal.wechat_oauth`),
+    else H5. Elsewhere: Alipay (WAP) and WeChat Pay (H5).
     """
     if "AlipayClient" in user_agent:
         wanted = [PaymentOption("alipay", PayScene.wap)]
     elif "MicroMessenger" in user_agent:
-        wanted = [PaymentOption("wechat", PayScene.h5)]
+        wanted = [PaymentOption("wechat", PayScene.jsapi if jsapi else PayScene.h5)]
     else:
         wanted = [PaymentOption("alipay", PayScene.wap), PaymentOption("wechat", PayScene.h5)]
     return [option for option in wanted if option.channel in registered]
@@ -136,7 +144,9 @@ def payment_options(user_agent: str, registered: set[str] | frozenset[str]) -> l
 
 def options_here() -> list[PaymentOption]:
     """The payment options for this request's device."""
-    return payment_options(request.headers.get("User-Agent", ""), frozenset(providers()))
+    user_agent = request.headers.get("User-Agent", "")
+    jsapi = "MicroMessenger" in user_agent and wechat_oauth.available()
+    return payment_options(user_agent, frozenset(providers()), jsapi=jsapi)
 
 
 # --- the quantity typed ----------------------------------------------------------------
@@ -357,6 +367,10 @@ def place_order(account_no: str, meter_no: str) -> Response:
         return make_response(
             redirect(url_for("public.purchase.order_result", order_no=order.order_no), 303)
         )
+    if option.scene is PayScene.jsapi:  # the pay page gets the payer's openid first
+        return make_response(
+            redirect(url_for("public.purchase.wechat_pay", order_no=order.order_no), 303)
+        )
     return start_payment(order, option.scene, form=form, summary=summary)
 
 
@@ -366,8 +380,13 @@ def payment_subject(account_no: str, volume: int) -> str:
     return f"燃气费 户号{account_no} {whole}.{hundredths:02d} m³"
 
 
-def payment_request(order: Order, scene: PayScene) -> PaymentRequest:
-    """What the provider needs to start paying for ``order`` from this request's device."""
+def payment_request(
+    order: Order, scene: PayScene, *, payer_openid: str | None = None
+) -> PaymentRequest:
+    """What the provider needs to start paying for ``order`` from this request's device.
+
+    ``payer_openid``: the payer's openid under the payment's appid (WeChat JSAPI only).
+    """
     path = next(p for p, name in PROVIDER_PATHS.items() if name == order.channel)
     return PaymentRequest(
         order_no=order.order_no,
@@ -377,6 +396,7 @@ def payment_request(order: Order, scene: PayScene) -> PaymentRequest:
         notify_url=url_for("callbacks.notify", path=path, _external=True),
         return_url=url_for("public.purchase.order_result", order_no=order.order_no, _external=True),
         expires_at=order.expires_at,
+        payer_openid=payer_openid,
         client_ip=request.remote_addr or "127.0.0.1",
     )
 
@@ -408,6 +428,97 @@ def start_payment(
         order.transition_to(OrderState.paying)
         db.session().commit()
     return make_response(redirect(start.redirect_url, 303))
+
+
+# --- WeChat Pay inside WeChat (JSAPI) -------------------------------------------------
+
+#: the channel that pays by JSAPI inside WeChat (WeChat Pay API v3)
+JSAPI_CHANNEL = "wechat"
+
+
+def _oauth_redirect_uri() -> str:
+    return url_for("public.purchase.wechat_oauth_callback", _external=True)
+
+
+@bp.get("/orders/<order_no>/wechat-pay")
+def wechat_pay(order_no: str) -> Response:
+    """Pay inside WeChat: the payer's openid (WeChat OAuth, once per browser session), then
+    the JSAPI prepay and a page that calls WeixinJSBridge (in the sandbox: its stand-in).
+    """
+    client = limits.client_address()
+    if not limits.allow("lookup", client):
+        return too_many_requests("lookup", client)
+    order, summary = _order_or_404(order_no)
+    context = _order_context(order, summary)
+    result_path = url_for("public.purchase.order_result", order_no=order.order_no)
+    if order.channel != JSAPI_CHANNEL or not context["pending"]:
+        return no_store(make_response(redirect(result_path, 303)))
+    settings = wechat_oauth.settings()
+    provider = providers().get(order.channel)
+    if settings is None or provider is None:
+        return message_page(
+            gettext(
+                "暂时无法在微信内付款。订单 %(order_no)s 未付款，会自动关闭。", order_no=order_no
+            ),
+            503,
+        )
+    openid = wechat_oauth.session_openid(settings)
+    if openid is None:
+        here = url_for("public.purchase.wechat_pay", order_no=order.order_no)
+        authorize_url = wechat_oauth.begin(settings, _oauth_redirect_uri(), here)
+        return no_store(make_response(redirect(authorize_url, 302)))
+    payment = payment_request(order, PayScene.jsapi, payer_openid=openid)
+    try:
+        start = provider.create_payment(payment)
+    except Exception:  # any adapter failure: the order stays created, the expiry job closes it
+        log.exception("%s could not start paying %s by JSAPI", order.channel, order.order_no)
+        start = None
+    if start is None or not start.jsapi_params:
+        # an openid WeChat Pay does not take would fail every retry: ask WeChat again next time
+        wechat_oauth.forget_openid()
+        return message_page(
+            gettext(
+                "支付渠道暂时无法使用，请稍后重试或换一种付款方式。"
+                "订单 %(order_no)s 未付款，会自动关闭。",
+                order_no=order.order_no,
+            ),
+            502,
+        )
+    if order.state == OrderState.created.value:
+        order.transition_to(OrderState.paying)
+        db.session().commit()
+    result_url = url_for("public.purchase.order_result", order_no=order.order_no, _external=True)
+    context["jsapi"] = {
+        "params": start.jsapi_params,
+        "standin_url": wechat_oauth.jsapi_standin_url(settings, start.jsapi_params, result_url),
+        "result_url": result_path,
+    }
+    return no_store(make_response(render_template("order.html", **context)))
+
+
+@bp.get("/wechat/oauth")
+def wechat_oauth_callback() -> Response:
+    """Where WeChat's web OAuth comes back: check the state, keep the openid, go on paying."""
+    client = limits.client_address()
+    if not limits.allow("lookup", client):
+        return too_many_requests("lookup", client)
+    settings = wechat_oauth.settings()
+    if settings is None:
+        abort(404)
+    try:
+        _openid, next_path = wechat_oauth.finish(settings, _oauth_redirect_uri(), request.args)
+    except wechat_oauth.OAuthProblem as problem:
+        if problem.code == "denied":
+            message = gettext(
+                "没有获得微信授权，无法在微信内付款。未付款的订单会自动关闭，不会扣款。"
+            )
+            return message_page(message, 403)
+        if problem.code == "exchange":
+            message = gettext("暂时无法从微信获取付款人信息，请返回订单页重试。")
+            return message_page(message, 502)
+        message = gettext("授权链接已失效或不属于本次付款，请返回订单页重新付款。")
+        return message_page(message, 400)
+    return no_store(make_response(redirect(next_path, 303)))
 
 
 # --- the result page and the receipt ---------------------------------------------------
@@ -454,6 +565,8 @@ def _order_context(order: Order, summary: AccountSummary) -> dict[str, Any]:
         "kiosks": kiosks_for(summary.branch_id) if state in PAID_STATES else [],
         "parts": order.quote.get("parts", []) if isinstance(order.quote, dict) else [],
         "branch": order.account.branch,
+        #: the JSAPI pay step (see wechat_pay): params, stand-in link; None elsewhere
+        "jsapi": None,
     }
 
 
