@@ -54,6 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         cli,
         kiosk_api,
         kiosk_auth,
+        kiosk_orders,
         limits,
         openapi,
         providers,
@@ -66,8 +67,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(callbacks.bp)
     providers.init_app(app)
     kiosk_auth.init_app(app)
-    app.register_blueprint(kiosk_api.bp)
+    app.register_blueprint(kiosk_api.bp)  # kiosk_orders adds the walk-up sale routes to it
     openapi.extend(paths=api_orders.ORDERS_OPENAPI_PATHS)
+    openapi.extend(paths=kiosk_orders.KIOSK_ORDERS_OPENAPI_PATHS)
     openapi.extend(
         paths=kiosk_api.KIOSK_OPENAPI_PATHS,
         security_schemes=kiosk_api.KIOSK_OPENAPI_SECURITY_SCHEMES,

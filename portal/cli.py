@@ -32,6 +32,9 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(jobs_group)
     app.cli.add_command(serve_command)
     app.cli.add_command(kiosks_group)
+    from portal.cli_demo_cards import demo_cards_command
+
+    app.cli.add_command(demo_cards_command)
     from portal import cli_imports
 
     app.cli.add_command(cli_imports.import_group)
