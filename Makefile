@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
+KIOSK_PORT ?= 8088
 
 export FLASK_APP := portal
 
@@ -35,7 +36,7 @@ run: setup
 	mkdir -p instance
 	$(BIN)/ranqi db upgrade
 	$(BIN)/ranqi demo
-	$(BIN)/ranqi serve --host $(HOST) --port $(PORT)
+	HOST=$(HOST) PORT=$(PORT) KIOSK_PORT=$(KIOSK_PORT) scripts/run-dev
 
 lint: setup
 	$(BIN)/ruff check .
