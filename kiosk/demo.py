@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CARDS_FILE = "demo-cards.json"
 METERS_FILE = "meters.json"
 CREDENTIALS_FILE = "kiosk.json"
-DEFAULT_DIR = Path("var/kiosk-demo")
+DEFAULT_DIR = Path("instance/kiosk-demo")
 DEFAULT_UI_PORT = 8088
 #: the meter state kept across restarts (the card files keep the cards')
 _METER_FIELDS = (
