@@ -1,0 +1,1 @@
+"""Browser tests: the residents' pages in real headless Chromium (Playwright)."""
