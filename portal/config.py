@@ -66,6 +66,15 @@ class Config:
         self.PROXY_COUNT = int(_env("RANQI_PROXY_COUNT", "0"))
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_HTTPONLY = True
+        #: WeChat web OAuth (the payer's openid for JSAPI), set only when configured
+        for name in (
+            "WECHAT_OAUTH_APPID",
+            "WECHAT_OAUTH_SECRET_FILE",
+            "WECHAT_OAUTH_API_BASE_URL",
+            "WECHAT_OAUTH_AUTHORIZE_BASE_URL",
+        ):
+            if os.environ.get(name):
+                setattr(self, name, os.environ[name])
         #: run the jobs in a thread of the web process every N seconds (0: don't)
         self.JOBS_INPROCESS_SECONDS = float(_env("RANQI_JOBS_INPROCESS_SECONDS", "0"))
 
