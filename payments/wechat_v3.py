@@ -177,7 +177,7 @@ class WechatV3Provider:
         """The JSON of a 2xx answer, or PaymentError with WeChat's own code and message."""
         try:
             data = json.loads(body) if body else {}
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             data = None
         if not isinstance(data, dict):
             raise PaymentError(f"WeChat Pay {what}: HTTP {code}, not JSON", code="bad_answer")
@@ -351,7 +351,8 @@ class WechatV3Provider:
         try:
             body_text = request.body.decode("utf-8")
             envelope = json.loads(body_text)
-        except ValueError as error:  # UnicodeDecodeError is a ValueError
+        # UnicodeDecodeError is a ValueError; absurdly deep nesting raises RecursionError
+        except (ValueError, RecursionError) as error:
             raise NotifyRejected("body is not UTF-8 JSON") from error
         resource = envelope.get("resource") if isinstance(envelope, dict) else None
         if not isinstance(resource, dict) or envelope.get("resource_type") != "encrypt-resource":

@@ -55,7 +55,14 @@ def notify(path: str) -> Response:
     session = db.session()
     try:
         notification = provider.parse_notify(NotifyRequest(body=raw, headers=headers), now=utcnow())
-    except NotifyRejected as rejected:
+    except Exception as error:  # an adapter bug must not lose the raw event, nor answer 500
+        rejected = (
+            error
+            if isinstance(error, NotifyRejected)
+            else NotifyRejected(f"adapter error: {type(error).__name__}: {error}"[:500])
+        )
+        if not isinstance(error, NotifyRejected):
+            log.exception("%s adapter failed on a notify; stored as rejected", provider.name)
         log.warning("rejected %s notify: %s", provider.name, rejected.reason)
         try:
             record_event(

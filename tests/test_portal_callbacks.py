@@ -144,3 +144,21 @@ def test_database_failure_mid_request_asks_for_a_retry(committing_app: Flask) ->
         assert s.get(Order, order_id).state == "paid"  # type: ignore[union-attr]
         assert _count(s, Credit) == 1
         assert ledger.check(s) == []
+
+
+def test_an_adapter_crash_is_stored_as_rejected(
+    client: FlaskClient, db: Session, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in an adapter's parser must not lose the raw notify nor answer with a 500."""
+    order = _order(db)
+
+    def crash(request: object, *, now: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(provider, "parse_notify", crash)
+    response = client.post("/payments/alipay/notify", data=_body(order))
+    assert (response.status_code, response.data) == (200, b"fail")
+    (event,) = db.scalars(select(PaymentEvent)).all()
+    assert (event.verified, event.outcome) == (False, "rejected")
+    assert event.detail.startswith("adapter error: RecursionError")
+    assert _count(db, Credit) == 0
