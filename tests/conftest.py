@@ -99,12 +99,13 @@ def fresh_engine(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
     """A database of its own, migrated, for tests that commit (concurrency, jobs).
 
     On PostgreSQL a new database on the test server, dropped afterwards; on SQLite a
-    new file.
+    new file. At the end the ledger check must pass on what the test left.
     """
     if engine.dialect.name != "postgresql":
         eng = make_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
         migrate.upgrade(eng)
         yield eng
+        _books_balance(eng)
         eng.dispose()
         return
     name = f"ranqi_fresh_{os.getpid()}_{next(_fresh_counter)}"
@@ -117,6 +118,7 @@ def fresh_engine(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
     try:
         migrate.upgrade(eng)
         yield eng
+        _books_balance(eng)
     finally:
         eng.dispose()
         with admin.connect() as conn:
@@ -125,3 +127,12 @@ def fresh_engine(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
 
 
 _fresh_counter = itertools.count()
+
+
+def _books_balance(eng: Engine) -> None:
+    """Every test that commits leaves a ledger that `ranqi ledger check` accepts."""
+    from models import ledger
+
+    with Session(eng) as session:
+        problems = ledger.check(session)
+    assert problems == [], "ledger check failed after the test:\n" + "\n".join(map(str, problems))
