@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from playwright.sync_api import Browser, Playwright, sync_playwright
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -26,6 +27,19 @@ from portal import db as portal_db
 from portal.db import make_engine
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+#: Debian's chromium; RANQI_CHROMIUM overrides it
+CHROMIUM = Path(os.environ.get("RANQI_CHROMIUM", "/usr/bin/chromium"))
+#: without the background-networking flags Chromium dials out at start-up, and this
+#: machine's closed network refuses it; --no-sandbox because the tests may run as root
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -136,3 +150,28 @@ def _books_balance(eng: Engine) -> None:
     with Session(eng) as session:
         problems = ledger.check(session)
     assert problems == [], "ledger check failed after the test:\n" + "\n".join(map(str, problems))
+
+
+# One Playwright driver for the whole run: the sync API refuses a second one while the
+# first (in its greenlet) is alive, so every browser test shares these.
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def chromium(playwright_driver: Playwright) -> Iterator[Browser]:
+    """Headless Chromium; a missing browser is a failure that says what to install."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM}: the residents' browser tests need it. "
+            "Install it with `apt-get install chromium fonts-wqy-zenhei` "
+            "(or set RANQI_CHROMIUM to a Chromium binary).",
+            pytrace=False,
+        )
+    browser = playwright_driver.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+    )
+    yield browser
+    browser.close()

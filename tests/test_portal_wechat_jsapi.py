@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from playwright.sync_api import Browser, BrowserContext
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -517,8 +518,6 @@ def test_the_api_still_refuses_jsapi(client: FlaskClient, live: JsapiFake) -> No
 # --- the pay page's script, in headless Chromium -----------------------------------------
 
 #: Debian's chromium (as tests/browser uses it); the flags keep it off the network
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 #: a WeixinJSBridge as the WeChat app injects it: records calls, answers window.__answer
 FAKE_BRIDGE = """
 window.__calls = [];
@@ -530,41 +529,42 @@ window.WeixinJSBridge = {invoke: function (name, params, done) {
 """
 
 
-def test_the_pay_page_calls_weixinjsbridge(sandbox: Sandbox) -> None:
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.is_file(), "install Chromium (apt-get install chromium)"
+def test_the_pay_page_calls_weixinjsbridge(sandbox: Sandbox, chromium: Browser) -> None:
     url = sandbox.url
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            wechat = browser.new_context(locale="zh-CN", user_agent=WECHAT_UA)
-            wechat.add_init_script(FAKE_BRIDGE)
-            page = wechat.new_page()
-            page.goto(f"{url}{BUY}?quantity=100")
-            page.click("button[type=submit]")
-            page.click("button[value=allow]")  # the sandbox's authorisation page
-            assert re.fullmatch(rf"{url}/orders/\w+/wechat-pay", page.url)
-            pay_url = page.url
-            page.wait_for_function("document.querySelector('#jsapi-again').hidden === false")
-            calls = page.evaluate("window.__calls")
-            shown = json.loads(page.text_content("#jsapi-params") or "")
-            assert calls == [["getBrandWCPayRequest", shown]]
-            assert page.text_content("#jsapi-message") == "您已取消付款，订单未付款。"
-            # paying again, and this time WeChat says ok: on to the result page, which waits
-            page.evaluate("window.__answer = 'get_brand_wcpay_request:ok'")
-            page.click("#jsapi-again button")
-            page.wait_for_url(pay_url.removesuffix("/wechat-pay"))
-            assert "正在等待付款结果" in (page.text_content("#order-status") or "")
+    browser = chromium
+    contexts: list[BrowserContext] = []
+    try:
+        wechat = browser.new_context(locale="zh-CN", user_agent=WECHAT_UA)
+        contexts.append(wechat)
+        wechat.add_init_script(FAKE_BRIDGE)
+        page = wechat.new_page()
+        page.goto(f"{url}{BUY}?quantity=100")
+        page.click("button[type=submit]")
+        page.click("button[value=allow]")  # the sandbox's authorisation page
+        assert re.fullmatch(rf"{url}/orders/\w+/wechat-pay", page.url)
+        pay_url = page.url
+        page.wait_for_function("document.querySelector('#jsapi-again').hidden === false")
+        calls = page.evaluate("window.__calls")
+        shown = json.loads(page.text_content("#jsapi-params") or "")
+        assert calls == [["getBrandWCPayRequest", shown]]
+        assert page.text_content("#jsapi-message") == "您已取消付款，订单未付款。"
+        # paying again, and this time WeChat says ok: on to the result page, which waits
+        page.evaluate("window.__answer = 'get_brand_wcpay_request:ok'")
+        page.click("#jsapi-again button")
+        page.wait_for_url(pay_url.removesuffix("/wechat-pay"))
+        assert "正在等待付款结果" in (page.text_content("#order-status") or "")
 
-            # a WeChat user agent without WeixinJSBridge (a desktop browser): the stand-in
-            plain = browser.new_context(locale="zh-CN", user_agent=WECHAT_UA).new_page()
-            plain.goto(f"{url}{BUY}?quantity=100")
-            plain.click("button[type=submit]")
-            plain.click("button[value=allow]")
-            plain.wait_for_function(
-                "document.querySelector('#jsapi-message').textContent.includes('沙箱')"
-            )
-            assert plain.is_visible("#jsapi-standin") and not plain.is_visible("#jsapi-again")
-        finally:
-            browser.close()
+        # a WeChat user agent without WeixinJSBridge (a desktop browser): the stand-in
+        plain_context = browser.new_context(locale="zh-CN", user_agent=WECHAT_UA)
+        contexts.append(plain_context)
+        plain = plain_context.new_page()
+        plain.goto(f"{url}{BUY}?quantity=100")
+        plain.click("button[type=submit]")
+        plain.click("button[value=allow]")
+        plain.wait_for_function(
+            "document.querySelector('#jsapi-message').textContent.includes('沙箱')"
+        )
+        assert plain.is_visible("#jsapi-standin") and not plain.is_visible("#jsapi-again")
+    finally:
+        for context in contexts:
+            context.close()

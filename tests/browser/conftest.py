@@ -8,34 +8,21 @@ download browsers on this network.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Playwright, sync_playwright
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from models import demo
 from portal import create_app
 from portal import db as portal_db
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: F401  (shared with other browser tests)
 from tests.http_server import serve
 
-#: Debian's chromium; RANQI_CHROMIUM overrides it
-CHROMIUM = Path(os.environ.get("RANQI_CHROMIUM", "/usr/bin/chromium"))
-#: without the background-networking flags Chromium dials out at start-up, and this
-#: machine's closed network refuses it; --no-sandbox because the tests may run as root
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: screenshots of each step, kept for people (git-ignored)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -46,29 +33,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@pytest.fixture(scope="session")
-def playwright_driver() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="session")
-def chromium(playwright_driver: Playwright) -> Iterator[Browser]:
-    """Headless Chromium; a missing browser is a failure that says what to install."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}: the residents' browser tests need it. "
-            "Install it with `apt-get install chromium fonts-wqy-zenhei` "
-            "(or set RANQI_CHROMIUM to a Chromium binary).",
-            pytrace=False,
-        )
-    browser = playwright_driver.chromium.launch(
-        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-    )
-    yield browser
-    browser.close()
 
 
 @pytest.fixture
