@@ -31,7 +31,7 @@ from typing import Any
 import requests
 
 from cardfmt import IMAGE_SIZE
-from kiosk.reader import ReaderLoop, TapStatus, WriteOrder
+from kiosk.reader import ReaderLoop, TapResult, TapStatus, WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -517,6 +517,18 @@ class _TapHost:
             self.confirm_error = error
 
 
+class _ServingLoop(ReaderLoop):
+    """The reader loop, telling ``served`` how the tap went before it waits for the card to go."""
+
+    served: Callable[[TapResult], None] | None = None
+
+    def _serve(self, tag: Any) -> TapResult:
+        result = super()._serve(tag)
+        if self.served is not None:
+            self.served(result)
+        return result
+
+
 class Kiosk:
     """A kiosk's reader and server together: :meth:`tap` serves one card, :meth:`run` many."""
 
@@ -530,69 +542,101 @@ class Kiosk:
     ) -> None:
         self.client = client
         self._host = _TapHost(client)
-        self.loop = ReaderLoop(open_frontend, self._host, wait=wait, await_removal=await_removal)
+        self.loop = _ServingLoop(open_frontend, self._host, wait=wait, await_removal=await_removal)
         self._tap_lock = threading.Lock()
 
-    def tap(self) -> TapOutcome:
-        """Wait for a card and serve it once: read, sync, write, read back, confirm."""
+    def tap(self, on_outcome: Callable[[TapOutcome], None] | None = None) -> TapOutcome:
+        """Wait for a card and serve it once: read, sync, write, read back, confirm.
+
+        ``on_outcome`` hears the outcome as soon as it is known: with ``await_removal``
+        the call itself returns only when the card has left the reader.
+        """
         with self._tap_lock:
             host = self._host = _TapHost(self.client)
             self.loop.host = host
+            known: list[TapOutcome] = []
+
+            def served(result: TapResult) -> None:
+                known.append(_result_outcome(host, result))
+                if on_outcome is not None:
+                    on_outcome(known[0])
+
+            self.loop.served = served
             try:
                 result = self.loop.run_once()
-            except CardBusy as error:
-                return TapOutcome(
-                    Outcome.BUSY,
-                    code=error.code,
-                    retry_after=error.retry_after,
-                    message="This card is being loaded at another kiosk. "
-                    f"Please try again in {max(1, round(error.retry_after))} s.",
-                )
-            except CardRefused as error:
-                return TapOutcome(
-                    Outcome.REFUSED,
-                    code=error.code,
-                    message=PLAIN_WORDS.get(error.code, "This card cannot be served here."),
-                )
-            except ServerUnreachable as error:
-                log.warning("server unreachable: %s", error.message)
-                return TapOutcome(
-                    Outcome.OFFLINE,
-                    message="The gas company's server cannot be reached. Nothing was written "
-                    "to your card; please try again later.",
-                )
             except KioskApiError as error:
-                log.error("kiosk out of service: %s", error.message)
-                return TapOutcome(
-                    Outcome.OUT_OF_SERVICE,
-                    message="This kiosk is out of service. Nothing was written to your card.",
-                )
-            uid = result.uid.hex() if result.uid else ""
-            if result.status is TapStatus.NO_CARD:
-                return TapOutcome(Outcome.NO_CARD)
-            if result.status is TapStatus.FAILED and host.synced is None:
-                return TapOutcome(
-                    Outcome.CARD_FAILED,
-                    uid=uid,
-                    message="The card could not be read. Please hold it still on the reader.",
-                )
-            return _outcome(host, result.status, uid, result.pages_written)
+                outcome = _error_outcome(error)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                return outcome
+            if known:
+                return known[0]
+            outcome = _result_outcome(host, result)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            return outcome
 
     def run(self, stop: threading.Event, *, log_line: Callable[[str], None] = log.info) -> None:
         """Serve taps until ``stop`` is set, one log line per card (none for an empty field)."""
         self.loop.stopping = stop
+
+        def log_tap(outcome: TapOutcome) -> None:
+            if outcome.outcome is not Outcome.NO_CARD:
+                log_line(outcome.log_line())
+
         while not stop.is_set():
             try:
-                outcome = self.tap()
+                outcome = self.tap(on_outcome=log_tap)
             except Exception:
                 # an unforeseen reader error costs this tap, not the kiosk
                 log.exception("tap failed")
                 stop.wait(1.0)
                 continue
-            if outcome.outcome is not Outcome.NO_CARD:
-                log_line(outcome.log_line())
             if outcome.outcome is Outcome.BUSY and outcome.retry_after:
                 stop.wait(min(outcome.retry_after, 5.0))
+
+
+def _error_outcome(error: KioskApiError) -> TapOutcome:
+    """The screen's outcome of a tap the server refused or never answered (nothing written)."""
+    if isinstance(error, CardBusy):
+        return TapOutcome(
+            Outcome.BUSY,
+            code=error.code,
+            retry_after=error.retry_after,
+            message="This card is being loaded at another kiosk. "
+            f"Please try again in {max(1, round(error.retry_after))} s.",
+        )
+    if isinstance(error, CardRefused):
+        return TapOutcome(
+            Outcome.REFUSED,
+            code=error.code,
+            message=PLAIN_WORDS.get(error.code, "This card cannot be served here."),
+        )
+    if isinstance(error, ServerUnreachable):
+        log.warning("server unreachable: %s", error.message)
+        return TapOutcome(
+            Outcome.OFFLINE,
+            message="The gas company's server cannot be reached. Nothing was written "
+            "to your card; please try again later.",
+        )
+    log.error("kiosk out of service: %s", error.message)
+    return TapOutcome(
+        Outcome.OUT_OF_SERVICE,
+        message="This kiosk is out of service. Nothing was written to your card.",
+    )
+
+
+def _result_outcome(host: _TapHost, result: TapResult) -> TapOutcome:
+    uid = result.uid.hex() if result.uid else ""
+    if result.status is TapStatus.NO_CARD:
+        return TapOutcome(Outcome.NO_CARD)
+    if result.status is TapStatus.FAILED and host.synced is None:
+        return TapOutcome(
+            Outcome.CARD_FAILED,
+            uid=uid,
+            message="The card could not be read. Please hold it still on the reader.",
+        )
+    return _outcome(host, result.status, uid, result.pages_written)
 
 
 def _outcome(host: _TapHost, status: TapStatus, uid: str, pages: int) -> TapOutcome:

@@ -388,15 +388,22 @@ def test_kiosk_run_logs_each_tap_and_stops(server: Server, field: VirtualField) 
     assert loop.credits() == [(300, "loaded")]
 
 
-def test_ctrl_c_stops_the_kiosk_cleanly(field: VirtualField) -> None:
+def test_ranqi_kiosk_run_serves_a_card_once_and_stops_on_ctrl_c(
+    server: Server, field: VirtualField
+) -> None:
+    """The real program: one log line per tap, a card left on the reader is not served
+    again, and Ctrl-C ends it cleanly (nfcpy swallows KeyboardInterrupt while polling)."""
+    loop = e2e.make_loop(server, field)
+    loop.pay(450)
     env = dict(
         os.environ,
-        RANQI_KIOSK_CLIENT_ID="kiosk-x",
-        RANQI_KIOSK_CLIENT_SECRET="secret",
-        RANQI_KIOSK_SERVER_URL="http://127.0.0.1:9",
+        RANQI_KIOSK_CLIENT_ID=server.client_id,
+        RANQI_KIOSK_CLIENT_SECRET=server.client_secret,
+        RANQI_KIOSK_SERVER_URL=server.url,
         RANQI_KIOSK_READER=f"udp:127.0.0.1:{field.port}",
         RANQI_KIOSK_CARD_WAIT="0.5",
     )
+    field.put(loop.card)
     process = subprocess.Popen(
         [sys.executable, "-m", "kiosk", "run"],
         cwd=ROOT,
@@ -406,30 +413,35 @@ def test_ctrl_c_stops_the_kiosk_cleanly(field: VirtualField) -> None:
     )
     assert process.stderr is not None
     lines: list[str] = []
-    serving = threading.Event()
+    tapped = threading.Event()
 
     def read_log() -> None:
         assert process.stderr is not None
         for line in process.stderr:
             lines.append(line)
-            if "serving taps" in line:
-                serving.set()
+            if " tap " in line:
+                tapped.set()
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     try:
-        assert serving.wait(30), f"the kiosk did not start: {lines}"
+        assert tapped.wait(30), f"no tap logged: {lines}"
+        time.sleep(1.0)  # the card stays on the reader: no second tap
         process.send_signal(signal.SIGINT)
         process.wait(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        field.take()
     reader.join(timeout=5)
     process.stderr.close()
-    rest = "".join(lines)
-    assert process.returncode == 0, rest
-    assert "stopped" in rest and "Traceback" not in rest
+    log = "".join(lines)
+    assert process.returncode == 0, log
+    taps = [line for line in lines if " tap " in line]
+    assert len(taps) == 1 and "tap loaded" in taps[0] and "loaded=450" in taps[0], log
+    assert "stopped" in log and "Traceback" not in log
+    assert loop.credits() == [(450, "loaded")]
 
 
 def test_other_modules_add_subcommands(
@@ -453,7 +465,7 @@ KIOSK_COMMANDS = {
 }
 
 
-def test_outcome_of_an_unreachable_server_for_the_screen(field: VirtualField) -> None:
+def test_no_card_asks_the_server_nothing(field: VirtualField) -> None:
     with serve(lambda environ, start: []) as url:
         pass
     kiosk = Kiosk(
