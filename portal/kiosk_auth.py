@@ -114,11 +114,16 @@ def _query_client(client_id: str) -> KioskClient | None:
 
 def _save_token(token: dict[str, Any], request: Any) -> None:
     client: KioskClient = request.client
+    kiosk_id = client.kiosk.id
     now = utcnow()
     session = db.session()
+    # End the read transaction that found the client first: on SQLite a write inside a
+    # transaction that began with a read cannot wait for another writer ("database is
+    # locked" at once); a fresh one waits out busy_timeout. Harmless on PostgreSQL.
+    session.rollback()
     session.add(
         KioskToken(
-            kiosk_id=client.kiosk.id,
+            kiosk_id=kiosk_id,
             token_hash=hash_secret(token["access_token"]),
             scope=token.get("scope", SCOPE),
             issued_at=now,
