@@ -16,6 +16,7 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.errors import DomainError, NotFound
@@ -160,56 +161,66 @@ def _existing(key: str) -> Order | None:
     return db.session().scalar(select(Order).where(Order.idempotency_key == key))
 
 
+def place_order(session: Session, asked: dict[str, Any], key: str | None) -> tuple[Order, int]:
+    """The order for a request: for a repeated Idempotency-Key the one it made (200), else
+    quoted afresh, created and committed (201). :class:`KeyReused` if the key made another.
+    """
+    order = _existing(key) if key else None
+    if order is not None:
+        if not _same_request(order, asked):
+            raise KeyReused("this Idempotency-Key was used for a different order")
+        return order, 200
+    meter = find_meter(session, asked["account_no"], asked["meter_no"])
+    fresh = quote(session, meter=meter, volume=asked["volume"], amount=asked["amount"], at=utcnow())
+    tariff_id = session.scalar(select(Tariff.id).where(Tariff.code == fresh.tariff_code))
+    if tariff_id is None:  # pragma: no cover - the quote came from this tariff
+        raise NotFound(f"no tariff {fresh.tariff_code}", code="no_tariff")
+    try:
+        order = create_order(
+            session,
+            meter=meter,
+            tariff_id=tariff_id,
+            volume=fresh.volume,
+            amount=fresh.amount,
+            quote={**fresh.as_dict(), "request": asked},
+            channel=asked["channel"],
+            now=utcnow(),
+            ttl=dt.timedelta(seconds=int(current_app.config.get("ORDER_TTL_SECONDS", 900))),
+            idempotency_key=key,
+        )
+        session.commit()
+        return order, 201
+    except IntegrityError:  # the same key, sent twice at once: the other one won
+        session.rollback()
+        order = _existing(key) if key else None
+        if order is None:
+            raise
+        if not _same_request(order, asked):
+            raise KeyReused("this Idempotency-Key was used for a different order") from None
+        return order, 200
+
+
+def begin_paying(session: Session, order: Order, scene: PayScene) -> PaymentStart | None:
+    """Start paying an unpaid order at its provider (created → paying); None once settled."""
+    if order.state not in PENDING:
+        return None
+    start = _start(order, scene)
+    if order.state == OrderState.created.value:
+        order.transition_to(OrderState.paying)
+        session.commit()
+    return start
+
+
 @bp.post("/orders")
 def create_order_api() -> tuple[Response, int]:
     """Quote afresh, create the order, start paying: 201; the same Idempotency-Key again: 200."""
     session = db.session()
     try:
         asked = parse_order_request(request_json())
-        key = _idempotency_key()
-        order = _existing(key) if key else None
-        status = 200
-        if order is not None:
-            if not _same_request(order, asked):
-                raise KeyReused("this Idempotency-Key was used for a different order")
-        else:
-            meter = find_meter(session, asked["account_no"], asked["meter_no"])
-            fresh = quote(
-                session, meter=meter, volume=asked["volume"], amount=asked["amount"], at=utcnow()
-            )
-            tariff_id = session.scalar(select(Tariff.id).where(Tariff.code == fresh.tariff_code))
-            if tariff_id is None:  # pragma: no cover - the quote came from this tariff
-                raise NotFound(f"no tariff {fresh.tariff_code}", code="no_tariff")
-            try:
-                order = create_order(
-                    session,
-                    meter=meter,
-                    tariff_id=tariff_id,
-                    volume=fresh.volume,
-                    amount=fresh.amount,
-                    quote={**fresh.as_dict(), "request": asked},
-                    channel=asked["channel"],
-                    now=utcnow(),
-                    ttl=dt.timedelta(seconds=int(current_app.config.get("ORDER_TTL_SECONDS", 900))),
-                    idempotency_key=key,
-                )
-                session.commit()
-                status = 201
-            except IntegrityError:  # the same key, sent twice at once: the other one won
-                session.rollback()
-                order = _existing(key) if key else None
-                if order is None:
-                    raise
-                if not _same_request(order, asked):
-                    raise KeyReused("this Idempotency-Key was used for a different order") from None
+        order, status = place_order(session, asked, _idempotency_key())
+        start = begin_paying(session, order, PayScene(asked["scene"]))
         body = order_json(order)
-        body["payment"] = None
-        if order.state in PENDING:
-            body["payment"] = _payment_json(_start(order, PayScene(asked["scene"])))
-            if order.state == OrderState.created.value:
-                order.transition_to(OrderState.paying)
-                session.commit()
-                body["state"] = order.state
+        body["payment"] = _payment_json(start) if start is not None else None
     except KeyReused as error:
         return error_response(error, 409)
     except ProviderFailed as error:

@@ -14,38 +14,33 @@ Which kiosk sold an order is kept in the order's stored request (``quote["reques
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import current_token
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from models.accounts import Card
-from models.base import utcnow
 from models.errors import DomainError, NotFound
-from models.ordering import CHANNELS, create_order
+from models.ordering import CHANNELS
 from models.orders import Order
-from models.quotes import find_meter, quote
 from models.states import CardState, OrderState
-from models.tariffs import Tariff
-from payments.base import PayScene
+from payments.base import PaymentStart, PayScene
 from portal import db, openapi
 from portal.api import Malformed, error_response, parse_quote_request, request_json, status_for
 from portal.api_orders import (
     IDEMPOTENCY_KEY,
-    PENDING,
     KeyReused,
     ProviderFailed,
+    begin_paying,
     order_json,
+    place_order,
 )
 from portal.callbacks import providers
 from portal.kiosk_api import bp
 from portal.kiosk_auth import SCOPE, require_kiosk
-from portal.purchase import payment_request
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +117,16 @@ def _stored_request(order: Order) -> dict[str, Any] | None:
     return stored if isinstance(stored, dict) else None
 
 
-def _existing(key: str) -> Order | None:
-    return db.session().scalar(select(Order).where(Order.idempotency_key == key))
-
-
-def _qr_code(order: Order) -> str:
-    """Start the provider's QR scene for ``order``: the content of the code to show."""
-    try:
-        start = providers()[order.channel].create_payment(payment_request(order, PayScene.qr))
-    except Exception as error:  # any adapter failure: the order stays, the expiry job closes it
-        log.exception("%s could not start paying %s by QR", order.channel, order.order_no)
-        raise ProviderFailed(
-            f"{order.channel} could not start the payment; retry with the same Idempotency-Key",
-            order_no=order.order_no,
-        ) from error
+def _qr_code(start: PaymentStart | None, order: Order) -> str | None:
+    """The content of the QR code to show for an unpaid order (None once it is settled)."""
+    if start is None:
+        return None
     if not start.qr_code:
         raise ProviderFailed(
             f"{order.channel} gave no QR code for {order.order_no}", order_no=order.order_no
         )
-    return start.qr_code
+    code: str = start.qr_code
+    return code
 
 
 @bp.post("/orders")
@@ -151,50 +137,10 @@ def create_kiosk_order() -> tuple[Response, int]:
     try:
         client_id = _kiosk_client_id()
         asked = parse_kiosk_order(request_json())
-        key = _idempotency_key(client_id)
-        order = _existing(key) if key else None
-        status = 200
-        if order is not None:
-            if _stored_request(order) != asked:
-                raise KeyReused("this Idempotency-Key was used for a different order")
-        else:
-            meter = find_meter(session, asked["account_no"], asked["meter_no"])
-            fresh = quote(
-                session, meter=meter, volume=asked["volume"], amount=asked["amount"], at=utcnow()
-            )
-            tariff_id = session.scalar(select(Tariff.id).where(Tariff.code == fresh.tariff_code))
-            if tariff_id is None:  # pragma: no cover - the quote came from this tariff
-                raise NotFound(f"no tariff {fresh.tariff_code}", code="no_tariff")
-            try:
-                order = create_order(
-                    session,
-                    meter=meter,
-                    tariff_id=tariff_id,
-                    volume=fresh.volume,
-                    amount=fresh.amount,
-                    quote={**fresh.as_dict(), "request": asked},
-                    channel=asked["channel"],
-                    now=utcnow(),
-                    ttl=dt.timedelta(seconds=int(current_app.config.get("ORDER_TTL_SECONDS", 900))),
-                    idempotency_key=key,
-                )
-                session.commit()
-                status = 201
-            except IntegrityError:  # the same key twice at once: the other request won
-                session.rollback()
-                order = _existing(key) if key else None
-                if order is None:
-                    raise
-                if _stored_request(order) != asked:
-                    raise KeyReused("this Idempotency-Key was used for a different order") from None
+        order, status = place_order(session, asked, _idempotency_key(client_id))
         body = order_json(order)
-        body["qr_code"] = None
-        if order.state in PENDING:
-            body["qr_code"] = _qr_code(order)
-            if order.state == OrderState.created.value:
-                order.transition_to(OrderState.paying)
-                session.commit()
-                body["state"] = order.state
+        body["qr_code"] = _qr_code(begin_paying(session, order, PayScene.qr), order)
+        body["state"] = order.state
     except KeyReused as error:
         return error_response(error, 409)
     except ProviderFailed as error:
