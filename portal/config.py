@@ -112,4 +112,4 @@ class TestConfig(Config):
         self.RANQI_ENV = "testing"
         self.TESTING = True
         self.SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
-        self.DATABASE_URL = _env("TEST_DATABASE_URL", "sqlite://")
+        self.DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "sqlite://"
