@@ -33,7 +33,10 @@ def record_payment(
     order.transition_to(OrderState.paid)
     order.provider_trade_no = provider_trade_no
     order.paid_at = paid_at
-    credit = Credit(order=order, meter_id=order.meter_id, volume=order.volume, value=order.amount)
+    # order_id, not order=: the back-reference would first load the order's (absent) credit
+    credit = Credit(
+        order_id=order.id, meter_id=order.meter_id, volume=order.volume, value=order.amount
+    )
     session.add(credit)
     session.flush()
     ledger.post(
