@@ -375,9 +375,12 @@ def place_order(account_no: str, meter_no: str) -> Response:
 
 
 def payment_subject(account_no: str, volume: int) -> str:
-    """What the payer sees at the provider: "燃气费 户号10000001 100.00 m³"."""
+    """What the payer sees at the provider: "燃气费 户号10000001 100.00立方米".
+
+    立方米, not m³: Alipay's bills are GBK, which has no "³" (it would print as "?").
+    """
     whole, hundredths = divmod(volume, 100)
-    return f"燃气费 户号{account_no} {whole}.{hundredths:02d} m³"
+    return f"燃气费 户号{account_no} {whole}.{hundredths:02d}立方米"
 
 
 def payment_request(

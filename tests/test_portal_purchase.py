@@ -429,7 +429,8 @@ def test_confirm_creates_the_order_and_goes_to_the_provider(
     assert order.expires_at - order.created_at == dt.timedelta(seconds=900)
     (request,) = calls
     assert request.amount == 27200 and request.scene == PayScene.wap
-    assert request.subject == f"燃气费 户号{ACCOUNT} 100.00 m³"
+    assert request.subject == f"燃气费 户号{ACCOUNT} 100.00立方米"
+    assert request.subject.encode("gbk")  # Alipay's bills are GBK
     assert request.notify_url == "http://localhost/payments/alipay/notify"
     assert request.return_url == f"http://localhost/orders/{order.order_no}"
 
