@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import os
 import random
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cardfmt  # noqa: E402
+from bench.common import free_port, percentile, start_gunicorn  # noqa: E402
 from kiosk.cardio import (  # noqa: E402
     authenticate,
     connect_tag,
@@ -73,17 +71,6 @@ from portal.db import make_engine  # noqa: E402
 from portal.kiosk_auth import new_credentials  # noqa: E402
 
 VOLUME = 10000  # 100 m³ per purchase
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def ms(values: list[float]) -> str:
@@ -308,45 +295,6 @@ def register_kiosks(engine: Any, count: int) -> list[tuple[str, str]]:
             credentials.append((client_id, secret))
         s.commit()
     return credentials
-
-
-def start_gunicorn(url: str, port: int, workers: int, env_extra: dict[str, str]) -> Any:
-    env = dict(
-        os.environ,
-        DATABASE_URL=url,
-        RANQI_ENV="production",
-        SECRET_KEY=secrets.token_hex(16),
-        RANQI_LOG_LEVEL="WARNING",
-        RANQI_INSTANCE_PATH=tempfile.mkdtemp(),
-        **env_extra,
-    )
-    process = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/gunicorn"),
-            "-w",
-            str(workers),
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/info")
-            if conn.getresponse().status == 200:
-                return process
-        except OSError:
-            time.sleep(0.3)
-    process.terminate()
-    raise SystemExit("gunicorn did not start")
 
 
 def apply_plan(raw: bytes, target: bytes) -> bytes:

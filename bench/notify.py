@@ -23,9 +23,7 @@ import http.client
 import os
 import random
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +38,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, percentile, start_gunicorn  # noqa: E402
 from models import demo, migrate  # noqa: E402
 from payments.alipay import (  # noqa: E402
     load_private_key,
@@ -52,17 +51,6 @@ from portal.db import make_engine  # noqa: E402
 APP_ID = "2021000000000001"
 SELLER_ID = "2088000000000001"
 BEIJING = dt.timezone(dt.timedelta(hours=8))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def reset_database(url: str) -> None:
@@ -262,46 +250,6 @@ def bare_transactions(dsn: str, orders: list[tuple[str, int]], concurrency: int)
     for thread in threads:
         thread.join()
     return time.perf_counter() - started
-
-
-def start_gunicorn(
-    url: str, port: int, workers: int, env_extra: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        DATABASE_URL=url,
-        RANQI_ENV="production",
-        SECRET_KEY=secrets.token_hex(16),
-        RANQI_LOG_LEVEL="WARNING",
-        **env_extra,
-    )
-    process = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/gunicorn"),
-            "-w",
-            str(workers),
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/info")
-            if conn.getresponse().status == 200:
-                return process
-        except OSError:
-            time.sleep(0.3)
-    process.terminate()
-    raise SystemExit("gunicorn did not start")
 
 
 def load_accounts(dsn: str, count: int) -> float:
